@@ -1,0 +1,211 @@
+"""Configuration: the model and the training run, as frozen dataclasses, plus named presets.
+
+A config that cannot work fails when it is built (``ConfigError``, one line saying why),
+not hours later inside a compiled step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from typing import Any
+
+COMBINATORS = ("gauss", "amlp", "linear")
+PAPER_MNIST_WIDTHS = (784, 1000, 500, 250, 250, 250, 10)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message is one line naming the problem and fix."""
+
+
+def _as_float_tuple(value: float | Sequence[float], length: int, name: str) -> tuple[float, ...]:
+    """Broadcasts a scalar to ``length`` floats, or checks a sequence has that length."""
+    if isinstance(value, int | float):
+        return (float(value),) * length
+    values = tuple(float(v) for v in value)
+    if len(values) != length:
+        raise ConfigError(
+            f"{name} has {len(values)} values but the network has {length} layers "
+            f"(input layer included); give one value per layer or a single number"
+        )
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A ladder network over dense layers.
+
+    layer_sizes: widths n_0 (input) .. n_L (classes).
+    denoise_weights: lambda_0 .. lambda_L (one per layer, input first); all zero = no decoder.
+    noise_std: encoder noise std, one number or one per layer (input first).
+    combinator: 'gauss' (the paper's), 'amlp' (Pezeshki et al. 2016) or 'linear'.
+    amlp_hidden: hidden units of each per-unit AMLP combinator.
+    bn_eps: added to the batch variance before the square root (authors' code: 1e-10).
+    """
+
+    layer_sizes: tuple[int, ...] = PAPER_MNIST_WIDTHS
+    denoise_weights: tuple[float, ...] = (1000.0, 10.0, 0.1, 0.1, 0.1, 0.1, 0.1)
+    noise_std: tuple[float, ...] = (0.3,) * 7
+    combinator: str = "gauss"
+    amlp_hidden: int = 4
+    bn_eps: float = 1e-10
+
+    def __post_init__(self) -> None:
+        sizes = tuple(int(s) for s in self.layer_sizes)
+        if len(sizes) < 2:
+            raise ConfigError(
+                f"layer_sizes={sizes} needs at least an input and an output width, "
+                "e.g. 784,1000,10"
+            )
+        if any(s <= 0 for s in sizes):
+            raise ConfigError(f"layer_sizes={sizes} has a non-positive width; widths must be >= 1")
+        if sizes[-1] < 2:
+            raise ConfigError(f"the output layer has {sizes[-1]} unit; a classifier needs >= 2")
+        object.__setattr__(self, "layer_sizes", sizes)
+        n = len(sizes)
+        weights = _as_float_tuple(self.denoise_weights, n, "denoise_weights")
+        noise = _as_float_tuple(self.noise_std, n, "noise_std")
+        if any(w < 0 for w in weights):
+            raise ConfigError(f"denoise_weights={weights} has a negative weight; use >= 0")
+        if any(s < 0 for s in noise):
+            raise ConfigError(f"noise_std={noise} has a negative std; use >= 0")
+        object.__setattr__(self, "denoise_weights", weights)
+        object.__setattr__(self, "noise_std", noise)
+        if self.combinator not in COMBINATORS:
+            raise ConfigError(
+                f"unknown combinator {self.combinator!r}; choose one of {', '.join(COMBINATORS)}"
+            )
+        if self.amlp_hidden < 1:
+            raise ConfigError(f"amlp_hidden={self.amlp_hidden} must be >= 1")
+        if not self.bn_eps >= 0:
+            raise ConfigError(f"bn_eps={self.bn_eps} must be >= 0")
+
+    @property
+    def num_layers(self) -> int:
+        """L: the number of weight layers (layer_sizes has L + 1 entries)."""
+        return len(self.layer_sizes) - 1
+
+    @property
+    def lowest_decoded_layer(self) -> int | None:
+        """The lowest layer with a denoising cost; the decoder runs from L down to it.
+
+        None when every weight is zero (supervised baseline: no decoder at all).
+        """
+        nonzero = [layer for layer, w in enumerate(self.denoise_weights) if w > 0]
+        return min(nonzero) if nonzero else None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run: the model, the data, the optimiser schedule and the bookkeeping.
+
+    num_labels: labeled examples (class-balanced, a multiple of 10) or "all".
+    epochs: an epoch is one pass over the unlabeled set in unlabeled batches.
+    decay_start: fraction of training after which the learning rate decays linearly to 0.
+    max_steps: stop after this many steps (0 = the full schedule); the schedule is unchanged.
+    eval_every: evaluate on the test set every this many epochs (and always at the end).
+    checkpoint_every: steps between checkpoints (0 = only at evaluations and the end).
+    steps_per_call: training steps run by one compiled call (lax.scan).
+    num_validation: training images held out (class-balanced) as a validation split.
+    """
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    num_labels: int | str = 100
+    seed: int = 0
+    epochs: int = 150
+    batch_size: int = 100
+    unlabeled_batch_size: int = 100
+    lr: float = 0.002
+    decay_start: float = 0.67
+    max_steps: int = 0
+    eval_every: int = 1
+    checkpoint_every: int = 3000
+    keep_checkpoints: int = 3
+    steps_per_call: int = 100
+    num_validation: int = 0
+    data_source: str = "pypi"
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        labels = self.num_labels
+        if isinstance(labels, str):
+            if labels.strip().lower() in ("all", "-1"):
+                labels = "all"
+            elif labels.strip().isdigit():
+                labels = int(labels)
+            else:
+                raise ConfigError(f"num_labels={labels!r} must be a positive integer or 'all'")
+        if isinstance(labels, int) and labels == -1:
+            labels = "all"
+        if isinstance(labels, int) and labels <= 0:
+            raise ConfigError(f"num_labels={labels} must be positive (or 'all')")
+        object.__setattr__(self, "num_labels", labels)
+        positive = ("epochs", "batch_size", "unlabeled_batch_size", "eval_every",
+                    "steps_per_call", "keep_checkpoints")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("max_steps", "checkpoint_every", "num_validation"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
+        if not self.lr > 0:
+            raise ConfigError(f"lr={self.lr} must be > 0")
+        if not 0.0 <= self.decay_start <= 1.0:
+            raise ConfigError(f"decay_start={self.decay_start} must be in [0, 1]")
+
+    @property
+    def uses_unlabeled(self) -> bool:
+        """Whether training feeds an unlabeled batch (only when some layer is denoised)."""
+        return self.model.lowest_decoded_layer is not None
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with top-level fields changed; ``model=`` may be a dict of model changes."""
+        model = changes.pop("model", None)
+        if isinstance(model, dict):
+            model = dataclasses.replace(self.model, **model)
+        if model is not None:
+            changes["model"] = model
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of ``to_dict``."""
+        d = dict(d)
+        model = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in d.pop("model").items()})
+        return cls(model=model, **d)
+
+
+def _paper_mnist(weights: Sequence[float], noise: float, num_labels: int | str) -> TrainConfig:
+    return TrainConfig(
+        model=ModelConfig(denoise_weights=tuple(weights), noise_std=noise),
+        num_labels=num_labels,
+    )
+
+
+_SEMI_WEIGHTS_100 = (1000.0, 10.0, 0.1, 0.1, 0.1, 0.1, 0.1)
+_SEMI_WEIGHTS_1000 = (2000.0, 20.0, 0.1, 0.1, 0.1, 0.1, 0.1)
+_TOP_ONLY = (0.0,) * 6
+
+#: Named presets: the paper's permutation-invariant MNIST settings (LADDER_SPEC.md).
+PRESETS: dict[str, TrainConfig] = {
+    "full_100": _paper_mnist(_SEMI_WEIGHTS_100, 0.3, 100),
+    "full_1000": _paper_mnist(_SEMI_WEIGHTS_1000, 0.2, 1000),
+    "full_50": _paper_mnist(_SEMI_WEIGHTS_1000, 0.3, 50),
+    "full_all": _paper_mnist((1000.0, 1.0, 0.01, 0.01, 0.01, 0.01, 0.01), 0.3, "all"),
+    "bottom_100": _paper_mnist((5000.0,) + (0.0,) * 6, 0.3, 100),
+    "gamma_100": _paper_mnist(_TOP_ONLY + (0.5,), 0.3, 100),
+    "baseline_100": _paper_mnist((0.0,) * 7, 0.5, 100),
+}
+
+
+def preset(name: str) -> TrainConfig:
+    """The named preset; raises ConfigError listing the valid names."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
