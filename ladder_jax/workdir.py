@@ -55,8 +55,9 @@ def read_json(path: str) -> Any:
 def prepare(workdir: str, cfg: TrainConfig, restart: bool) -> None:
     """Creates ``workdir`` and its config.json, or checks the existing one matches ``cfg``.
 
-    A workdir holding a different config is refused (ConfigError) unless ``restart``, which
-    deletes the old run's files first.
+    A workdir holding a different config and some progress is refused (ConfigError) unless
+    ``restart``, which deletes the old run's files first. A config alone (a run that failed
+    before its first step) is simply replaced.
     """
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, CONFIG_FILE)
@@ -65,7 +66,7 @@ def prepare(workdir: str, cfg: TrainConfig, restart: bool) -> None:
             existing = read_json(path)
         except (OSError, json.JSONDecodeError):
             existing = None
-        if existing != cfg.to_dict() and not restart:
+        if existing != cfg.to_dict() and not restart and has_progress(workdir):
             differing = _differences(existing, cfg.to_dict())
             raise ConfigError(
                 f"workdir {workdir} holds a run with another config ({differing}); pass "
@@ -75,6 +76,14 @@ def prepare(workdir: str, cfg: TrainConfig, restart: bool) -> None:
             clear(workdir)
     if is_writer():
         write_json_atomic(path, cfg.to_dict())
+
+
+def has_progress(workdir: str) -> bool:
+    """Whether a run in ``workdir`` has trained anything (a checkpoint, metrics or results)."""
+    ckpt = os.path.join(workdir, CHECKPOINT_DIR)
+    return (any(name.isdigit() for name in os.listdir(ckpt)) if os.path.isdir(ckpt) else False) \
+        or os.path.exists(os.path.join(workdir, METRICS_FILE)) \
+        or os.path.exists(os.path.join(workdir, RESULTS_FILE))
 
 
 def _differences(old: Any, new: dict[str, Any]) -> str:

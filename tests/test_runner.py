@@ -1,0 +1,210 @@
+"""The experiment runner end to end: resume after SIGKILL, refusals, NaN stop, flag errors,
+the demo path and the notebook API, all on real MNIST with a small network."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ladder_jax import config, train, workdir
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A small ladder: 784-32-10, 600-example batches -> 100 steps per epoch, cheap on a CPU.
+TINY_FLAGS = [
+    "--layer_sizes=784,32,10", "--denoise_weights=1000,10,0.1", "--batch_size=600",
+    "--num_labels=100", "--epochs=3", "--steps_per_call=10", "--checkpoint_every=20",
+]
+TIMING_KEYS = {"steps_per_s", "wall_time_s"}
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.mnist_100labels", *args], cwd=REPO,
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def numeric_records(work: str) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
+            for r in workdir.read_metrics(work)]
+
+
+def checkpoint_steps(work: str) -> list[int]:
+    path = os.path.join(work, workdir.CHECKPOINT_DIR)
+    if not os.path.isdir(path):
+        return []
+    return sorted(int(name) for name in os.listdir(path) if name.isdigit())
+
+
+def assert_same_params(work_a: str, work_b: str) -> None:
+    _, state_a, stats_a = train.load_run(work_a)
+    _, state_b, stats_b = train.load_run(work_b)
+    assert int(state_a.step) == int(state_b.step)
+    for a, b in zip(jax_leaves((state_a, stats_a)), jax_leaves((state_b, stats_b))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree_util.tree_leaves(tree)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, mnist) -> str:
+    """The tiny run trained start to finish without interruption."""
+    work = str(tmp_path_factory.mktemp("uninterrupted"))
+    proc = run_cli(f"--workdir={work}", *TINY_FLAGS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work
+
+
+def test_uninterrupted_run_writes_every_artifact(uninterrupted):
+    names = set(os.listdir(uninterrupted))
+    assert {"config.json", "metrics.jsonl", "results.json", "checkpoints"} <= names
+    records = workdir.read_metrics(uninterrupted)
+    assert [r["step"] for r in records] == [100, 200, 300]
+    assert all("test_error" in r and 0.0 <= r["test_error"] <= 1.0 for r in records)
+    assert records[-1]["lr"] < records[0]["lr"]  # the decay happened in the last third
+    results = workdir.read_json(os.path.join(uninterrupted, "results.json"))
+    assert results["step"] == 300
+    assert results["final_test_error"] == records[-1]["test_error"]
+    # A 784-32-10 ladder on 100 labels learns something real within 3 short epochs.
+    assert results["final_test_error"] < 0.5
+    assert results["device_kind"] and results["versions"]["jax"]
+
+
+def test_sigkill_and_resume_give_the_same_params_and_metrics(uninterrupted, tmp_path):
+    work = str(tmp_path / "killed")
+    cmd = [sys.executable, "-m", "experiments.mnist_100labels", f"--workdir={work}",
+           *TINY_FLAGS]
+    # Kill twice, at different points after the first checkpoints exist.
+    for min_checkpoint in (40, 140):
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if any(s >= min_checkpoint for s in checkpoint_steps(work)):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not os.path.exists(os.path.join(work, "results.json"))
+    done = run_cli(f"--workdir={work}", *TINY_FLAGS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert numeric_records(work) == numeric_records(uninterrupted)
+    assert_same_params(work, uninterrupted)
+
+
+def test_finished_workdir_is_not_retrained(uninterrupted):
+    before = os.path.getmtime(os.path.join(uninterrupted, "results.json"))
+    again = run_cli(f"--workdir={uninterrupted}", *TINY_FLAGS)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert os.path.getmtime(os.path.join(uninterrupted, "results.json")) == before
+    assert "test error" in again.stdout
+
+
+def test_workdir_with_another_config_is_refused_unless_restart(tmp_path):
+    work = str(tmp_path / "w")
+    first = run_cli(f"--workdir={work}", *TINY_FLAGS, "--max_steps=10")
+    assert first.returncode == 0, first.stderr[-3000:]
+    refused = run_cli(f"--workdir={work}", *TINY_FLAGS, "--max_steps=10", "--lr=0.001")
+    assert refused.returncode != 0
+    assert "Traceback" not in refused.stderr
+    error_lines = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "--restart" in error_lines[0] and "lr" in error_lines[0]
+    assert checkpoint_steps(work) == [10]  # the old run is untouched
+    restarted = run_cli(f"--workdir={work}", *TINY_FLAGS, "--max_steps=10", "--lr=0.001",
+                        "--restart")
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert workdir.read_json(os.path.join(work, "config.json"))["lr"] == 0.001
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
+    work = str(tmp_path / "nan")
+    proc = run_cli(f"--workdir={work}", *TINY_FLAGS, "--lr=1e30", "--steps_per_call=1",
+                   "--checkpoint_every=1")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "at step" in line and "checkpoint" in line
+    failed_step = int(line.split("at step ")[1].split(";")[0])
+    steps = checkpoint_steps(work)
+    assert steps and max(steps) < failed_step
+    assert not os.path.exists(os.path.join(work, "results.json"))
+    _, state, _ = train.load_run(work)  # the kept checkpoint restores
+    assert int(state.step) == max(steps)
+
+
+@pytest.mark.parametrize(
+    "flag, expected",
+    [
+        ("--num_labels=105", "divisible"),
+        ("--num_labels=0", "num_labels"),
+        ("--denoise_weights=1,2", "denoise_weights"),
+        ("--noise_std=-1", "noise_std"),
+        ("--combinator=foo", "combinator"),
+        ("--epochs=0", "epochs"),
+        ("--no_such_flag=1", "no_such_flag"),
+        ("--data_source=idx", "data_dir"),
+        ("--data_source=idx --data_dir=/nonexistent", "nonexistent"),
+    ],
+)
+def test_bad_flags_fail_in_one_line(flag, expected, tmp_path):
+    proc = run_cli(f"--workdir={tmp_path / 'w'}", *flag.split(), "--max_steps=1", timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    problem = [line for line in proc.stderr.splitlines()
+               if line.startswith(("error:", "FATAL"))]
+    assert len(problem) == 1 and expected in problem[0], proc.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "w" / "results.json")
+
+
+def test_helpfull_documents_every_flag():
+    proc = run_cli("--helpfull", timeout=120)
+    for name in ("workdir", "preset", "num_labels", "seed", "epochs", "max_steps", "batch_size",
+                 "lr", "noise_std", "denoise_weights", "combinator", "data_source", "data_dir",
+                 "eval_every", "checkpoint_every", "steps_per_call", "restart", "flagfile"):
+        assert f"--{name}" in proc.stdout, name
+
+
+def test_flagfile_is_read(tmp_path):
+    flagfile = tmp_path / "flags.txt"
+    flagfile.write_text("\n".join([f"--workdir={tmp_path / 'w'}", *TINY_FLAGS, "--max_steps=10"]))
+    proc = run_cli(f"--flagfile={flagfile}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert workdir.read_json(str(tmp_path / "w" / "results.json"))["step"] == 10
+
+
+def test_notebook_api_trains_and_predicts(mnist, tmp_path):
+    cfg = config.preset("full_100").replace(
+        model={"layer_sizes": (784, 32, 10), "denoise_weights": (1000.0, 10.0, 0.1),
+               "noise_std": 0.3},
+        batch_size=600, unlabeled_batch_size=600, epochs=1, steps_per_call=25,
+    )
+    work = str(tmp_path / "nb")
+    result = train.train_and_evaluate(cfg, work, mnist=mnist)
+    assert int(result.state.step) == 100
+    assert len(result.metrics) == 1 and result.metrics[0]["step"] == 100
+    predicted = train.predict_from_workdir(work, mnist.test_images)
+    error = float(np.mean(predicted != mnist.test_labels))
+    assert error == pytest.approx(result.results["final_test_error"], abs=1e-6)
+    assert json.load(open(os.path.join(work, "results.json")))["step"] == 100
+
+
+@pytest.mark.slow
+def test_readme_demo_command(tmp_path):
+    """The README's demo: the paper's network for 2 epochs (a few minutes here)."""
+    proc = run_cli(f"--workdir={tmp_path / 'demo'}", "--epochs=2", timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = workdir.read_json(str(tmp_path / "demo" / "results.json"))
+    assert results["final_test_error"] < 0.10
