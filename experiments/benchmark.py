@@ -1,0 +1,163 @@
+"""Speed of one training step through the runner's own compiled code, against this machine's
+measured matmul peak, in one run.
+
+    python -m experiments.benchmark                  # the paper's MNIST-100 full ladder
+    python -m experiments.benchmark --preset=baseline_100 --output=bench.json
+
+Figures (all from this one process):
+  compile_s        time to trace and compile the K-step training call (first call)
+  ms_per_step      median over --repeats calls of K = --steps_per_call steps, divided by K
+  examples_per_s   (labeled + unlabeled examples per step) / step time
+  matmul_gflop     matmul FLOPs of one step, counted by formula (see step_matmul_flops)
+  xla_gflop        XLA's own FLOP estimate of one step (cost analysis of the scan body), for
+                   reference: it counts elementwise work too
+  achieved_gflops  matmul_gflop / step time
+  peak_gflops      best of a large float32 matmul in jax and in numpy, timed here and now
+  fraction_of_peak achieved_gflops / peak_gflops
+  peak_rss_mib     the process's peak resident memory
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from ladder_jax import config as config_lib
+from ladder_jax import data, train
+from ladder_jax.config import TrainConfig
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("preset", "full_100", list(config_lib.PRESETS), "Configuration to time.")
+flags.DEFINE_integer("steps_per_call", 100, "Steps per compiled call (K).", lower_bound=1)
+flags.DEFINE_integer("repeats", 5, "Timed calls after a warm-up call; the median counts.",
+                     lower_bound=1)
+flags.DEFINE_integer("peak_size", 2048, "Side of the square matmul that measures the peak.",
+                     lower_bound=128)
+flags.DEFINE_string("output", None, "Write the figures as JSON to this file.")
+flags.DEFINE_enum("data_source", "pypi", list(data.SOURCES), "Where MNIST comes from.")
+flags.DEFINE_string("data_dir", None, "IDX directory or TFDS data_dir.")
+
+
+def step_matmul_flops(cfg: TrainConfig) -> int:
+    """Matmul FLOPs of one training step (2 per multiply-add).
+
+    Forward: the encoder runs R = Nl + 2 Nu rows (corrupted labeled, corrupted unlabeled,
+    clean unlabeled; R = Nl without a decoder) through each W_l (n_(l-1) x n_l); the
+    decoder runs Nu rows through each V_l it has (n_l x n_(l-1)).
+        F = sum_l 2 R n_(l-1) n_l + sum_(decoded l) 2 Nu n_l n_(l-1)
+    Backward: one weight-gradient matmul per forward matmul (F again) and one
+    input-gradient matmul per forward matmul except the first encoder layer, whose input
+    (the data) needs no gradient: F - 2 R n_0 n_1.   Total = 3F - 2 R n_0 n_1.
+    """
+    sizes = cfg.model.layer_sizes
+    nl, nu = cfg.batch_size, cfg.unlabeled_batch_size
+    lowest = cfg.model.lowest_decoded_layer
+    rows = nl + 2 * nu if lowest is not None else nl
+    forward = sum(2 * rows * sizes[i] * sizes[i + 1] for i in range(len(sizes) - 1))
+    if lowest is not None:
+        forward += sum(2 * nu * sizes[layer] * sizes[layer - 1]
+                       for layer in range(lowest + 1, len(sizes)))
+    return 3 * forward - 2 * rows * sizes[0] * sizes[1]
+
+
+def matmul_peak_gflops(size: int, repeats: int = 10) -> dict[str, float]:
+    """Best observed float32 GFLOP/s of a size x size matmul in jax and in numpy."""
+    flops = 2 * size**3
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32))
+    mm = jax.jit(lambda x: x @ x)
+    mm(a).block_until_ready()
+    best_jax = min(_timed(lambda: mm(a).block_until_ready()) for _ in range(repeats))
+    b = np.asarray(a)
+    b @ b
+    best_np = min(_timed(lambda: b @ b) for _ in range(repeats))
+    return {"jax": flops / best_jax / 1e9, "numpy": flops / best_np / 1e9}
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def benchmark(cfg: TrainConfig, steps_per_call: int, repeats: int, peak_size: int,
+              mnist: data.Mnist | None = None) -> dict[str, float | str]:
+    """Times the runner's training call (train.run_steps) and the matmul peak; returns the
+    figures described in this module's docstring."""
+    exp = train.build_experiment(cfg, mnist)
+    state = train.init_state(cfg, exp.optimizer)
+    labeled, unlabeled = train.batch_rows(exp, 0, steps_per_call)
+    start = time.perf_counter()
+    compiled = exp.train_chunk.lower(state, exp.device_data, labeled, unlabeled).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    # XLA costs a while loop's body once, so this is one step's estimate (all ops, not just
+    # matmuls).
+    xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+    state, _ = train.run_steps(exp, state, steps_per_call)  # warm-up (the first run)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, losses = train.run_steps(exp, state, steps_per_call)
+        times.append((time.perf_counter() - start) / steps_per_call)
+    step_s = statistics.median(times)
+    flops = step_matmul_flops(cfg)
+    peak = matmul_peak_gflops(peak_size)
+    peak_best = max(peak.values())
+    achieved = flops / step_s / 1e9
+    examples = cfg.batch_size + (cfg.unlabeled_batch_size if cfg.uses_unlabeled else 0)
+    return {
+        "preset_layers": "-".join(map(str, cfg.model.layer_sizes)),
+        "device_kind": jax.devices()[0].device_kind,
+        "num_devices": jax.device_count(),
+        "steps_per_call": steps_per_call,
+        "compile_s": compile_s,
+        "ms_per_step": 1000 * step_s,
+        "ms_per_step_min": 1000 * min(times),
+        "ms_per_step_max": 1000 * max(times),
+        "steps_per_s": 1 / step_s,
+        "examples_per_s": examples / step_s,
+        "matmul_gflop": flops / 1e9,
+        "xla_gflop": xla_flops / 1e9,
+        "achieved_gflops": achieved,
+        "peak_gflops_jax": peak["jax"],
+        "peak_gflops_numpy": peak["numpy"],
+        "peak_gflops": peak_best,
+        "fraction_of_peak": achieved / peak_best,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "final_loss_finite": bool(np.all(np.isfinite(losses))),
+    }
+
+
+def main(argv: list[str]) -> int:
+    del argv
+    cfg = config_lib.preset(FLAGS.preset).replace(
+        data_source=FLAGS.data_source, data_dir=FLAGS.data_dir)
+    try:
+        figures = benchmark(cfg, FLAGS.steps_per_call, FLAGS.repeats, FLAGS.peak_size)
+    except data.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    figures["preset"] = FLAGS.preset
+    figures["date"] = time.strftime("%Y-%m-%d")
+    width = max(map(len, figures))
+    for key, value in figures.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {shown}")
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as f:
+            json.dump(figures, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
