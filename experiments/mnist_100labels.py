@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 
 from ladder_jax import config as config_lib
-from ladder_jax import data, train
+from ladder_jax import data, parallel, replicas, train
 
 FLAGS = flags.FLAGS
 
@@ -50,6 +50,21 @@ flags.DEFINE_integer("checkpoint_every", None, "Steps between checkpoints (0: at
 flags.DEFINE_integer("steps_per_call", None, "Training steps per compiled call (lax.scan).",
                      lower_bound=1)
 flags.DEFINE_bool("restart", False, "Discard an existing run in --workdir and start over.")
+# Scale-out (docs/scale_out.md).
+flags.DEFINE_integer("num_devices", 0, "Devices to train on (0: all devices of all "
+                     "processes). Each batch is split over them (data parallel); batch sizes "
+                     "must divide evenly. One device = the plain single-device path.",
+                     lower_bound=0)
+flags.DEFINE_integer("num_replicas", 1, "Train this many independent models (seeds --seed .. "
+                     "--seed+K-1) in one compiled program; each reports into "
+                     "<workdir>/replica_seed<S>_labels<N>/.", lower_bound=1)
+flags.DEFINE_enum("distributed", "off", ["off", "auto", "manual"], "Multi-host: 'auto' calls "
+                  "jax.distributed.initialize() with no arguments (TPU pods, SLURM); 'manual' "
+                  "needs --coordinator_address, --num_processes, --process_id. Implied "
+                  "'manual' when --coordinator_address is given.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (--distributed).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (--distributed=manual).")
+flags.DEFINE_integer("process_id", None, "This process's index (--distributed=manual).")
 
 
 def _floats(name: str, values: list[str] | None) -> tuple[float, ...] | None:
@@ -109,11 +124,38 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
     try:
         cfg = config_from_flags()
+        mode = FLAGS.distributed
+        if mode == "off" and FLAGS.coordinator_address:
+            mode = "manual"
+        parallel.initialize_distributed(mode, coordinator_address=FLAGS.coordinator_address,
+                                        num_processes=FLAGS.num_processes,
+                                        process_id=FLAGS.process_id)
+        if not parallel.is_main_process():  # process 0 logs; the others report problems only
+            logging.set_verbosity(logging.WARNING)
+        k = FLAGS.num_replicas
+        num_devices = parallel.choose_num_devices(
+            FLAGS.num_devices, (cfg.batch_size, cfg.unlabeled_batch_size), k)
+        mesh = parallel.make_mesh(num_devices, k) if parallel.needs_mesh(num_devices) else None
+        if mesh is not None:
+            logging.info("mesh: %s", parallel.describe(mesh))
+        if k > 1:
+            workdir = FLAGS.workdir or f"{default_workdir(cfg)}_replicas{k}"
+            cfgs = [cfg.replace(seed=cfg.seed + i) for i in range(k)]
+            group = replicas.train_replicas_and_evaluate(cfgs, workdir, restart=FLAGS.restart,
+                                                         mesh=mesh)
+            if parallel.is_main_process():
+                for c, r in zip(cfgs, group):
+                    print(f"test error: {100 * r.results['final_test_error']:.2f}% "
+                          f"(step {r.results['step']}, workdir "
+                          f"{replicas.replica_workdir(workdir, c)})")
+            return 0
         workdir = FLAGS.workdir or default_workdir(cfg)
-        result = train.train_and_evaluate(cfg, workdir, restart=FLAGS.restart)
+        result = train.train_and_evaluate(cfg, workdir, restart=FLAGS.restart, mesh=mesh)
     except (config_lib.ConfigError, data.DataError, train.TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if not parallel.is_main_process():
+        return 0
     logging.info("results in %s", workdir)
     print(f"test error: {100 * result.results['final_test_error']:.2f}% "
           f"(step {result.results['step']}, workdir {workdir})")

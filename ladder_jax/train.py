@@ -24,7 +24,7 @@ import optax
 from absl import logging
 
 from ladder_jax import data as data_lib
-from ladder_jax import losses, model
+from ladder_jax import losses, model, parallel
 from ladder_jax.config import ModelConfig, TrainConfig
 
 
@@ -134,37 +134,63 @@ def index_stream(key: jax.Array, pool: jax.Array, first_step: jax.Array, *, batc
     return rows.reshape(num_steps, batch)
 
 
+def train_steps(model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
+                state: TrainState, data: DeviceData, labeled_rows: jax.Array,
+                unlabeled_rows: jax.Array | None, noise_key: jax.Array, *,
+                constrain_batch: Callable[[jax.Array], jax.Array] | None = None,
+                ) -> tuple[TrainState, jax.Array]:
+    """One training step per row of the index arrays (to be traced inside jit; vmappable).
+
+    (state, data, labeled_rows [K, Nl_batch], unlabeled_rows [K, Nu_batch] or None,
+    noise_key) -> (state after K steps, per-step total loss [K]). The noise of step s is
+    drawn from fold_in(noise_key, s); a run's noise_key is _stream_key(seed, 3).
+    constrain_batch (data parallelism) pins each gathered batch's sharding.
+    """
+
+    def step_fn(state: TrainState, rows):
+        lab, unl = rows
+        x_labeled = model.preprocess(data.images[lab])
+        y = data.labels[lab]
+        x_unlabeled = None if unl is None else model.preprocess(data.images[unl])
+        if constrain_batch is not None:
+            x_labeled, y = constrain_batch(x_labeled), constrain_batch(y)
+            if x_unlabeled is not None:
+                x_unlabeled = constrain_batch(x_unlabeled)
+        key = jax.random.fold_in(noise_key, state.step)
+        grad_fn = jax.value_and_grad(losses.ladder_loss, has_aux=True)
+        (_, metrics), grads = grad_fn(state.params, model_cfg, x_labeled, y, x_unlabeled, key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        sums = {k: state.metric_sums[k] + metrics[k] for k in state.metric_sums}
+        new_state = TrainState(state.step + 1, params, opt_state, sums,
+                               state.metric_count + 1.0)
+        return new_state, metrics["loss"]
+
+    return jax.lax.scan(step_fn, state, (labeled_rows, unlabeled_rows))
+
+
 def make_train_chunk(
-    cfg: TrainConfig, optimizer: optax.GradientTransformation
+    cfg: TrainConfig, optimizer: optax.GradientTransformation, *, mesh: Any = None,
 ) -> Callable[[TrainState, DeviceData, jax.Array, jax.Array | None], tuple[TrainState, jax.Array]]:
     """A jitted function running one training step per row of the given index arrays.
 
     (state, data, labeled_rows [K, Nl_batch], unlabeled_rows [K, Nu_batch] or None)
     -> (state after K steps, per-step total loss [K]).
+    With a ``mesh`` (ladder_jax.parallel), each batch is split over its 'data' axis while
+    state and data stay replicated; the step computes the same global-batch numbers.
     """
     model_cfg = cfg.model
     noise_key = _stream_key(cfg.seed, 3)
+    constrain = None if mesh is None else parallel.batch_constraint(mesh)
 
     def train_chunk(state: TrainState, data: DeviceData, labeled_rows: jax.Array,
                     unlabeled_rows: jax.Array | None) -> tuple[TrainState, jax.Array]:
-        def step_fn(state: TrainState, rows):
-            lab, unl = rows
-            x_labeled = model.preprocess(data.images[lab])
-            y = data.labels[lab]
-            x_unlabeled = None if unl is None else model.preprocess(data.images[unl])
-            key = jax.random.fold_in(noise_key, state.step)
-            grad_fn = jax.value_and_grad(losses.ladder_loss, has_aux=True)
-            (_, metrics), grads = grad_fn(state.params, model_cfg, x_labeled, y, x_unlabeled, key)
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            sums = {k: state.metric_sums[k] + metrics[k] for k in state.metric_sums}
-            new_state = TrainState(state.step + 1, params, opt_state, sums,
-                                   state.metric_count + 1.0)
-            return new_state, metrics["loss"]
+        return train_steps(model_cfg, optimizer, state, data, labeled_rows, unlabeled_rows,
+                           noise_key, constrain_batch=constrain)
 
-        return jax.lax.scan(step_fn, state, (labeled_rows, unlabeled_rows))
-
-    return jax.jit(train_chunk)
+    if mesh is None:
+        return jax.jit(train_chunk)
+    return jax.jit(train_chunk, out_shardings=parallel.replicated(mesh))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -206,18 +232,35 @@ class Experiment:
     schedule: Schedule
     optimizer: optax.GradientTransformation
     train_chunk: Callable[..., Any]
+    mesh: Any = None  # a ladder_jax.parallel mesh: data-parallel over its devices
+
+    def put(self, value: Any) -> jax.Array:
+        """A host array as a jax.Array next to this experiment's data (replicated on a mesh)."""
+        return jnp.asarray(value) if self.mesh is None else parallel.replicate(value, self.mesh)
 
 
-def build_experiment(cfg: TrainConfig, mnist: data_lib.Mnist | None = None) -> Experiment:
-    """Loads the data (unless given), picks the labeled and validation sets from the seed."""
-    if mnist is None:
-        mnist = data_lib.load_mnist(cfg.data_source, data_dir=cfg.data_dir)
-    labels = np.asarray(mnist.train_labels, np.int32)
+def index_sets(cfg: TrainConfig, labels: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labeled rows, unlabeled training rows (unsorted), validation rows) from the seed."""
     num_classes = cfg.model.layer_sizes[-1]
     train_rows, val_rows = data_lib.split_validation(labels, cfg.num_validation, cfg.seed,
                                                      num_classes)
     labeled = data_lib.select_labeled(labels, cfg.num_labels, cfg.seed, num_classes,
                                       exclude=val_rows)
+    return labeled, train_rows, val_rows
+
+
+def build_experiment(cfg: TrainConfig, mnist: data_lib.Mnist | None = None, *,
+                     mesh: Any = None) -> Experiment:
+    """Loads the data (unless given), picks the labeled and validation sets from the seed.
+
+    With a ``mesh`` (ladder_jax.parallel.make_mesh) the data is replicated over its devices
+    and each training batch is split over its 'data' axis.
+    """
+    if mnist is None:
+        mnist = data_lib.load_mnist(cfg.data_source, data_dir=cfg.data_dir)
+    labels = np.asarray(mnist.train_labels, np.int32)
+    labeled, train_rows, val_rows = index_sets(cfg, labels)
     images = mnist.train_images.reshape(len(labels), -1)
     if images.shape[1] != cfg.model.layer_sizes[0]:
         raise data_lib.DataError(
@@ -229,10 +272,12 @@ def build_experiment(cfg: TrainConfig, mnist: data_lib.Mnist | None = None) -> E
         labeled=jnp.asarray(labeled, jnp.int32),
         unlabeled=jnp.asarray(np.sort(train_rows), jnp.int32),
     )
+    if mesh is not None:  # the same values, replicated over the mesh (every process)
+        device_data = parallel.replicate(device_data, mesh)
     schedule = Schedule.of(cfg, len(train_rows))
     optimizer = make_optimizer(cfg, schedule.total_steps)
     return Experiment(cfg, mnist, device_data, val_rows, schedule, optimizer,
-                      make_train_chunk(cfg, optimizer))
+                      make_train_chunk(cfg, optimizer, mesh=mesh), mesh)
 
 
 def batch_rows(exp: Experiment, first_step: int, num_steps: int
@@ -262,10 +307,10 @@ def evaluate(exp: Experiment, params: model.Params) -> tuple[model.BnStats, dict
     stats = population_stats(params, exp.cfg.model, d.images, d.unlabeled)
     test_images = exp.mnist.test_images.reshape(len(exp.mnist.test_labels), -1)
     result = {"test_error": float(error_rate(params, exp.cfg.model, stats,
-                                             jnp.asarray(test_images),
-                                             jnp.asarray(exp.mnist.test_labels)))}
+                                             exp.put(test_images),
+                                             exp.put(exp.mnist.test_labels)))}
     if len(exp.validation_rows):
-        rows = jnp.asarray(exp.validation_rows)
+        rows = exp.put(exp.validation_rows)
         result["val_error"] = float(error_rate(params, exp.cfg.model, stats, d.images[rows],
                                                d.labels[rows]))
     return stats, result
@@ -346,7 +391,7 @@ def _environment() -> dict[str, Any]:
 
 
 def train_and_evaluate(cfg: TrainConfig, workdir: str, *, restart: bool = False,
-                       mnist: data_lib.Mnist | None = None) -> RunResult:
+                       mnist: data_lib.Mnist | None = None, mesh: Any = None) -> RunResult:
     """Trains (or resumes) the run described by ``cfg`` in ``workdir`` and evaluates it.
 
     Writes config.json, metrics.jsonl (a record per epoch: step, epoch, lr, each cost,
@@ -354,16 +399,21 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, restart: bool = False,
     end, results.json. Running it again on a finished workdir returns the stored result.
     Raises ConfigError for a workdir holding another config (unless ``restart``) and
     TrainingDiverged when the loss becomes NaN/inf (the last checkpoint stays).
+    With a ``mesh`` (ladder_jax.parallel) training is data-parallel over its devices, in
+    one or several processes (every process calls this; only process 0 writes files other
+    than checkpoints, which orbax saves and restores collectively).
     """
     from ladder_jax import workdir as wd
 
+    exp = build_experiment(cfg, mnist, mesh=mesh)  # bad data/labels fail before the workdir
     wd.prepare(workdir, cfg, restart)
-    exp = build_experiment(cfg, mnist)
     sched = exp.schedule
     checkpoints = wd.Checkpoints(workdir, cfg.keep_checkpoints)
     writer = wd.MetricsWriter(workdir)
     state = init_state(cfg, exp.optimizer)
     bn_stats = _empty_stats(cfg.model)
+    if mesh is not None:
+        state, bn_stats = parallel.replicate((state, bn_stats), mesh)
     latest = checkpoints.latest_step()
     if latest is not None:
         restored = checkpoints.restore({"state": state, "bn_stats": _stats_to_tree(bn_stats)})
@@ -453,6 +503,8 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, restart: bool = False,
             "seed": cfg.seed,
             **_environment(),
         }
+        if mesh is not None:
+            results["mesh"] = parallel.describe(mesh)
         if wd.is_writer():
             wd.write_json_atomic(results_path, results)
     logging.info("final test error %.2f%%", 100 * results["final_test_error"])
