@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,9 +23,12 @@ class ConfigError(ValueError):
 
 def _as_float_tuple(value: float | Sequence[float], length: int, name: str) -> tuple[float, ...]:
     """Broadcasts a scalar to ``length`` floats, or checks a sequence has that length."""
-    if isinstance(value, int | float):
+    if isinstance(value, numbers.Real):
         return (float(value),) * length
-    values = tuple(float(v) for v in value)
+    try:
+        values = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r} must be a number or a list of numbers") from None
     if len(values) != length:
         raise ConfigError(
             f"{name} has {len(values)} values but the network has {length} layers "
@@ -52,7 +57,12 @@ class ModelConfig:
     bn_eps: float = 1e-10
 
     def __post_init__(self) -> None:
-        sizes = tuple(int(s) for s in self.layer_sizes)
+        try:
+            sizes = tuple(operator.index(s) for s in self.layer_sizes)
+        except TypeError:
+            raise ConfigError(
+                f"layer_sizes={self.layer_sizes!r} must be whole numbers, e.g. 784,1000,10"
+            ) from None
         if len(sizes) < 2:
             raise ConfigError(
                 f"layer_sizes={sizes} needs at least an input and an output width, "
@@ -66,9 +76,9 @@ class ModelConfig:
         n = len(sizes)
         weights = _as_float_tuple(self.denoise_weights, n, "denoise_weights")
         noise = _as_float_tuple(self.noise_std, n, "noise_std")
-        if any(w < 0 for w in weights):
+        if not all(w >= 0 for w in weights):  # also refuses NaN
             raise ConfigError(f"denoise_weights={weights} has a negative weight; use >= 0")
-        if any(s < 0 for s in noise):
+        if not all(s >= 0 for s in noise):
             raise ConfigError(f"noise_std={noise} has a negative std; use >= 0")
         object.__setattr__(self, "denoise_weights", weights)
         object.__setattr__(self, "noise_std", noise)
@@ -136,10 +146,17 @@ class TrainConfig:
                 labels = int(labels)
             else:
                 raise ConfigError(f"num_labels={labels!r} must be a positive integer or 'all'")
-        if isinstance(labels, int) and labels == -1:
+        if isinstance(labels, bool) or not isinstance(labels, int | str):
+            raise ConfigError(f"num_labels={labels!r} must be a positive integer or 'all'")
+        if labels == -1:
             labels = "all"
         if isinstance(labels, int) and labels <= 0:
             raise ConfigError(f"num_labels={labels} must be positive (or 'all')")
+        classes = self.model.layer_sizes[-1]
+        if isinstance(labels, int) and labels % classes:
+            raise ConfigError(
+                f"num_labels={labels} is not divisible by {classes} classes; the labeled set "
+                f"is class-balanced, so pick a multiple of {classes}")
         object.__setattr__(self, "num_labels", labels)
         positive = ("epochs", "batch_size", "unlabeled_batch_size", "eval_every",
                     "steps_per_call", "keep_checkpoints")
