@@ -1,0 +1,259 @@
+"""Tests for ladder_jax.sweep and experiments/label_sweep.py.
+
+The end-to-end tests run the real CLI on real MNIST with a tiny network (784-50-10, 20 steps
+per cell). They run it in subprocesses that share a JAX persistent compilation cache (and a
+low XLA optimisation level): compiling dominates such short runs, and a re-run cell then
+compiles from the cache. In-process tests cover the grid, the run_group hook and the outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from ladder_jax import config as config_lib
+from ladder_jax import sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_FLAGS = ["--num_labels=20,50", "--seeds=0,1", "--presets=full,baseline",
+              "--layer_sizes=784,50,10", "--epochs=1", "--max_steps=20", "--steps_per_call=10",
+              "--checkpoint_every=0"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def jax_cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def run_cli(flags: list[str], jax_cache: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    command = [sys.executable, "-m", "experiments.label_sweep",
+               f"--compilation_cache_dir={jax_cache}", *flags]
+    return subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+def trained_cells(stderr: str) -> list[str]:
+    return re.findall(r"cell (\S+): training in", stderr)
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(mnist, jax_cache, tmp_path_factory) -> str:
+    """A finished 2 labels x 2 seeds x 2 presets sweep; `mnist` makes sure the data is cached."""
+    del mnist
+    sweep_dir = str(tmp_path_factory.mktemp("sweep") / "tiny")
+    proc = run_cli([f"--sweep_dir={sweep_dir}", *TINY_FLAGS], jax_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(trained_cells(proc.stderr)) == 8
+    assert os.listdir(jax_cache)  # the compiled programs were kept
+    return sweep_dir
+
+
+def test_csv_has_a_finished_row_per_cell(tiny_sweep):
+    rows = sweep.read_csv(os.path.join(tiny_sweep, sweep.RESULTS_CSV))
+    assert len(rows) == 8
+    assert list(rows[0]) == list(sweep.CSV_COLUMNS)
+    assert {(r["preset"], r["num_labels"], r["seed"]) for r in rows} == {
+        (p, n, s) for p in ("full", "baseline") for n in ("20", "50") for s in ("0", "1")}
+    for r in rows:
+        assert r["status"] == "finished" and r["error"] == ""
+        assert int(r["steps"]) == 20
+        assert 0.0 < float(r["test_error"]) < 0.9  # 20 steps: far from chance (0.9)
+        assert float(r["wall_time_s"]) > 0
+        assert r["workdir"] == os.path.join(tiny_sweep,
+                                            f"{r['preset']}_labels{r['num_labels']}_seed{r['seed']}")
+        stored = sweep.finished_result(
+            sweep.build_grid([r["preset"]], [r["num_labels"]], [int(r["seed"])],
+                             layer_sizes=(784, 50, 10), epochs=1, max_steps=20,
+                             steps_per_call=10, checkpoint_every=0)[0], r["workdir"])
+        assert stored is not None and stored.test_error == float(r["test_error"])
+    # The seeds are different runs.
+    by_seed = {r["seed"]: r["test_error"] for r in rows if r["preset"] == "full"
+               and r["num_labels"] == "20"}
+    assert by_seed["0"] != by_seed["1"]
+
+
+def test_summary_matches_csv(tiny_sweep):
+    rows = sweep.read_csv(os.path.join(tiny_sweep, sweep.RESULTS_CSV))
+    with open(os.path.join(tiny_sweep, sweep.SUMMARY_MD)) as f:
+        text = f.read()
+    header = next(line for line in text.splitlines() if line.startswith("| labels |"))
+    presets = [c.strip() for c in header.strip("|").split("|")][1:]
+    assert presets == ["full", "baseline"]
+    table = {}
+    for line in text.splitlines():
+        m = re.match(r"\| (\d+|all) \|(.*)\|$", line)
+        if m:
+            table[m.group(1)] = [c.strip() for c in m.group(2).split("|")]
+    assert set(table) == {"20", "50"}
+    for n, cells in table.items():
+        for preset, cell in zip(presets, cells, strict=True):
+            m = re.fullmatch(r"([\d.]+) ± ([\d.]+) \(n=(\d+)\)", cell)
+            assert m, cell
+            errors = [100 * float(r["test_error"]) for r in rows
+                      if r["preset"] == preset and r["num_labels"] == n]
+            assert int(m.group(3)) == len(errors) == 2
+            assert float(m.group(1)) == pytest.approx(statistics.mean(errors), abs=0.006)
+            assert float(m.group(2)) == pytest.approx(statistics.stdev(errors), abs=0.006)
+    assert "python -m experiments.label_sweep" in text and "--num_labels=20,50" in text
+
+
+def test_plot_is_a_png(tiny_sweep):
+    from matplotlib import image
+
+    path = os.path.join(tiny_sweep, sweep.PLOT_PNG)
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_SIGNATURE
+    pixels = image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[2] in (3, 4)
+    assert pixels.shape[0] >= 300 and pixels.shape[1] >= 400
+    assert pixels.std() > 0.01  # not a blank canvas
+    assert not [f for f in os.listdir(tiny_sweep) if f.startswith(".tmp-")]
+
+
+def test_rerun_trains_only_the_missing_cell(tiny_sweep, jax_cache, tmp_path):
+    sweep_dir = str(tmp_path / "copy")
+    shutil.copytree(tiny_sweep, sweep_dir)
+    before = {r["preset"] + r["num_labels"] + r["seed"]: r
+              for r in sweep.read_csv(os.path.join(sweep_dir, sweep.RESULTS_CSV))}
+    missing = "full_labels50_seed1"
+    shutil.rmtree(os.path.join(sweep_dir, missing))
+    results = {name: os.path.join(sweep_dir, name, "results.json")
+               for name in os.listdir(sweep_dir) if name.startswith(("full_", "baseline_"))}
+    mtimes = {name: os.stat(p).st_mtime_ns for name, p in results.items()}
+    assert len(mtimes) == 7
+
+    proc = run_cli([f"--sweep_dir={sweep_dir}", *TINY_FLAGS], jax_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert trained_cells(proc.stderr) == [missing]
+    assert len(re.findall(r"finished before .*skipped", proc.stderr)) == 7
+    assert {name: os.stat(p).st_mtime_ns for name, p in results.items()} == mtimes
+    rows = sweep.read_csv(os.path.join(sweep_dir, sweep.RESULTS_CSV))
+    assert [r["status"] for r in rows] == ["finished"] * 8
+    for r in rows:  # same seeds, same results: the retrained cell reproduces its first run
+        old = before[r["preset"] + r["num_labels"] + r["seed"]]
+        assert float(r["test_error"]) == pytest.approx(float(old["test_error"]), abs=1e-6)
+
+
+def test_failing_cell_is_reported_and_the_others_finish(tiny_sweep, jax_cache, tmp_path):
+    del tiny_sweep  # its compiled programs are in the cache
+    sweep_dir = str(tmp_path / "failing")
+    # 60000 labels pass the config check (a multiple of 10) but MNIST has only 5421 images
+    # of class 5, so that cell raises DataError when it starts; the 20-label cell still runs.
+    proc = run_cli([f"--sweep_dir={sweep_dir}", "--num_labels=60000,20", "--seeds=0",
+                    "--presets=baseline", *TINY_FLAGS[3:]], jax_cache)
+    assert proc.returncode == 1
+    assert "failed: baseline_labels60000_seed0: DataError: num_labels=60000 needs 6000 " \
+        "examples of class" in proc.stderr
+    assert trained_cells(proc.stderr) == ["baseline_labels60000_seed0", "baseline_labels20_seed0"]
+    rows = {r["num_labels"]: r for r in
+            sweep.read_csv(os.path.join(sweep_dir, sweep.RESULTS_CSV))}
+    assert rows["60000"]["status"] == "failed" and "DataError" in rows["60000"]["error"]
+    assert rows["60000"]["test_error"] == ""
+    assert rows["20"]["status"] == "finished" and float(rows["20"]["test_error"]) < 0.9
+    with open(os.path.join(sweep_dir, sweep.SUMMARY_MD)) as f:
+        summary = f.read()
+    assert "| 60000 | - (n=0, 1 failed) |" in summary
+    assert re.search(r"\| 20 \| [\d.]+ ± - \(n=1\) \|", summary)
+    assert os.path.exists(os.path.join(sweep_dir, sweep.PLOT_PNG))
+
+
+def test_a_bad_label_count_stops_the_sweep_before_it_starts(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.label_sweep", f"--sweep_dir={tmp_path}",
+         "--num_labels=20,15", "--presets=baseline"],
+        check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: num_labels=15 is not divisible")
+    assert not os.listdir(tmp_path)
+
+
+# ----------------------------------------------------------------------------- in-process
+
+
+def test_grid_uses_the_papers_settings_per_label_count():
+    cells = sweep.build_grid(["full", "gamma", "baseline", "full"], ["50", 20, 1000, "-1"],
+                             [0, 1, 0], epochs=3, batch_size=50)
+    assert len(cells) == 4 * 3 * 2
+    assert [c.num_labels for c in cells[::6]] == [50, 20, 1000, "all"]
+    source = {(c.preset, c.num_labels): c.source_preset for c in cells}
+    assert source[("full", 50)] == "full_50"
+    assert source[("full", 20)] == "full_100"
+    assert source[("full", 1000)] == "full_1000"
+    assert source[("full", "all")] == "full_all"
+    assert source[("gamma", 1000)] == "gamma_100"
+    assert source[("baseline", "all")] == "baseline_100"
+    cell = next(c for c in cells if c.name == "full_labels1000_seed1")
+    assert cell.config.model == config_lib.PRESETS["full_1000"].model
+    assert (cell.config.num_labels, cell.config.seed) == (1000, 1)
+    assert (cell.config.epochs, cell.config.batch_size) == (3, 50)
+    assert next(c for c in cells if c.name == "full_labelsall_seed0")
+    with pytest.raises(config_lib.ConfigError, match="unknown preset family 'ful'"):
+        sweep.build_grid(["ful"], [100], [0])
+    with pytest.raises(config_lib.ConfigError, match="num_labels"):
+        sweep.build_grid(["full"], ["lots"], [0])
+    with pytest.raises(config_lib.ConfigError, match="num_labels=15 is not divisible"):
+        sweep.build_grid(["full"], [20, 15], [0])
+
+
+def test_layer_sizes_keep_bottom_and_top_settings():
+    cells = sweep.build_grid(["full", "gamma", "baseline"], [100], [0],
+                             layer_sizes=(784, 50, 10))
+    models = {c.preset: c.config.model for c in cells}
+    assert models["full"].layer_sizes == (784, 50, 10)
+    assert models["full"].denoise_weights == (1000.0, 10.0, 0.1)
+    assert models["gamma"].denoise_weights == (0.0, 0.0, 0.5)
+    assert models["baseline"].denoise_weights == (0.0, 0.0, 0.0)
+    assert models["baseline"].noise_std == (0.5, 0.5, 0.5)
+    deep = sweep.build_grid(["gamma"], [100], [0], layer_sizes=(784,) + (20,) * 8 + (10,))
+    assert deep[0].config.model.denoise_weights == (0.0,) * 9 + (0.5,)
+
+
+def test_run_group_gets_same_shape_cells_and_a_failing_group_is_recorded(mnist, tmp_path):
+    cells = sweep.build_grid(["full", "baseline"], [100, 1000], [0, 1, 2], max_steps=1)
+    groups = []
+
+    def fake_group(group, data):
+        assert data is mnist
+        groups.append([c.name for c, _ in group])
+        if group[0][0].preset == "baseline" and group[0][0].num_labels == 1000:
+            raise RuntimeError("replicas ran out of memory\nsecond line")
+        return [sweep.CellResult(c, w, sweep.FINISHED, test_error=0.01 * (1 + c.seed),
+                                 steps=1, wall_time_s=1.0, ran=True) for c, w in group]
+
+    outcome = sweep.run_sweep(cells, str(tmp_path), mnist=mnist, run_group=fake_group,
+                              plot=False)
+    assert groups == [[f"{p}_labels{n}_seed{s}" for s in (0, 1, 2)]
+                      for n in (100, 1000) for p in ("full", "baseline")]
+    assert [r.cell.name for r in outcome.failed] == [f"baseline_labels1000_seed{s}"
+                                                    for s in (0, 1, 2)]
+    assert outcome.failed[0].error == "RuntimeError: replicas ran out of memory"
+    assert len(outcome.ran) == 12
+    with open(outcome.outputs["summary"]) as f:
+        summary = f.read()
+    assert "| 100 | 2.00 ± 1.00 (n=3) | 2.00 ± 1.00 (n=3) |" in summary
+    assert "| 1000 | 2.00 ± 1.00 (n=3) | - (n=0, 3 failed) |" in summary
+
+
+def test_without_matplotlib_the_csv_and_summary_are_still_written(tmp_path, monkeypatch,
+                                                                   caplog):
+    cell = sweep.build_grid(["full"], [100], [0])[0]
+    results = [sweep.CellResult(cell, str(tmp_path / cell.name), sweep.FINISHED,
+                                test_error=0.02, steps=10, wall_time_s=3.0)]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with caplog.at_level(logging.WARNING):
+        outputs = sweep.write_outputs(results, str(tmp_path))
+    assert set(outputs) == {"csv", "summary"}
+    assert not os.path.exists(tmp_path / sweep.PLOT_PNG)
+    assert "pip install 'ladder_jax[plots]'" in caplog.text
+    with open(outputs["summary"]) as f:
+        assert "| 100 | 2.00 ± - (n=1) |" in f.read()
