@@ -95,7 +95,8 @@ def benchmark(cfg: TrainConfig, steps_per_call: int, repeats: int, peak_size: in
     state = train.init_state(cfg, exp.optimizer)
     labeled, unlabeled = train.batch_rows(exp, 0, steps_per_call)
     start = time.perf_counter()
-    compiled = exp.train_chunk.lower(state, exp.device_data, labeled, unlabeled).compile()
+    compiled = exp.train_chunk.lower(state, exp.device_data, labeled, unlabeled,
+                                     train.noise_key(cfg.seed)).compile()
     compile_s = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost

@@ -112,6 +112,11 @@ def _stream_key(seed: int, stream: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), stream)
 
 
+def noise_key(seed: int) -> jax.Array:
+    """The key whose fold_in with the step draws that step's noise."""
+    return _stream_key(seed, 3)
+
+
 @functools.partial(jax.jit, static_argnames=("batch", "num_steps"))
 def index_stream(key: jax.Array, pool: jax.Array, first_step: jax.Array, *, batch: int,
                  num_steps: int) -> jax.Array:
@@ -174,17 +179,19 @@ def make_train_chunk(
 ) -> Callable[[TrainState, DeviceData, jax.Array, jax.Array | None], tuple[TrainState, jax.Array]]:
     """A jitted function running one training step per row of the given index arrays.
 
-    (state, data, labeled_rows [K, Nl_batch], unlabeled_rows [K, Nu_batch] or None)
-    -> (state after K steps, per-step total loss [K]).
+    (state, data, labeled_rows [K, Nl_batch], unlabeled_rows [K, Nu_batch] or None,
+    noise_key) -> (state after K steps, per-step total loss [K]).
+    The noise key is an argument, not a constant, so runs that differ only in their seed
+    share one compiled program (and the persistent compilation cache).
     With a ``mesh`` (ladder_jax.parallel), each batch is split over its 'data' axis while
     state and data stay replicated; the step computes the same global-batch numbers.
     """
     model_cfg = cfg.model
-    noise_key = _stream_key(cfg.seed, 3)
     constrain = None if mesh is None else parallel.batch_constraint(mesh)
 
     def train_chunk(state: TrainState, data: DeviceData, labeled_rows: jax.Array,
-                    unlabeled_rows: jax.Array | None) -> tuple[TrainState, jax.Array]:
+                    unlabeled_rows: jax.Array | None, noise_key: jax.Array
+                    ) -> tuple[TrainState, jax.Array]:
         return train_steps(model_cfg, optimizer, state, data, labeled_rows, unlabeled_rows,
                            noise_key, constrain_batch=constrain)
 
@@ -297,7 +304,8 @@ def batch_rows(exp: Experiment, first_step: int, num_steps: int
 def run_steps(exp: Experiment, state: TrainState, num_steps: int) -> tuple[TrainState, np.ndarray]:
     """Runs ``num_steps`` training steps from ``state``; returns the new state and losses [K]."""
     labeled, unlabeled = batch_rows(exp, int(state.step), num_steps)
-    state, step_losses = exp.train_chunk(state, exp.device_data, labeled, unlabeled)
+    state, step_losses = exp.train_chunk(state, exp.device_data, labeled, unlabeled,
+                                         noise_key(exp.cfg.seed))
     return state, np.asarray(step_losses)
 
 
@@ -379,7 +387,7 @@ def _environment() -> dict[str, Any]:
     import importlib.metadata as md
 
     versions = {}
-    for pkg in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ladder_jax"):
+    for pkg in ("jax", "jaxlib", "optax", "orbax-checkpoint", "numpy", "ladder_jax"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
