@@ -25,6 +25,7 @@ Entry point: ``train_replicas_and_evaluate(cfgs, workdir, mnist=None)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -112,10 +113,24 @@ class ReplicaGroup:
         return len(self.cfgs)
 
 
-def make_group_chunk(cfg: TrainConfig, optimizer: optax.GradientTransformation,
-                     key_impl: Any, mesh: Any = None) -> Callable[..., Any]:
-    """jit(vmap(train.train_steps)): (stacked state, data, labeled_rows [K, n, Bl],
-    unlabeled_rows [K, n, Bu] or None, noise key data [K, ...]) -> (state, losses [K, n])."""
+def make_group_chunk(cfg: TrainConfig, total_steps: int, key_impl: Any, mesh: Any = None
+                     ) -> tuple[optax.GradientTransformation, Callable[..., Any]]:
+    """(optimizer, jit(vmap(train.train_steps))): the chunk maps (stacked state, data,
+    labeled_rows [K, n, Bl], unlabeled_rows [K, n, Bu] or None, noise key data [K, ...])
+    to (state, losses [K, n]).
+
+    Cached on what the program depends on (model, optimiser schedule, mesh), so groups of
+    the same shape (a sweep's cells, a resumed group) reuse one compiled program.
+    """
+    return _group_chunk(cfg.model, cfg.lr, cfg.decay_start, cfg.epochs, total_steps,
+                        str(key_impl), mesh)
+
+
+@functools.lru_cache(maxsize=16)
+def _group_chunk(model_cfg: Any, lr: float, decay_start: float, epochs: int,
+                 total_steps: int, key_impl: str, mesh: Any):
+    cfg = TrainConfig(model=model_cfg, lr=lr, decay_start=decay_start, epochs=epochs)
+    optimizer = train.make_optimizer(cfg, total_steps)
     constrain = None if mesh is None else parallel.batch_constraint(mesh)
 
     def one_replica(state, data, labeled_rows, unlabeled_rows, key_data):
@@ -126,8 +141,8 @@ def make_group_chunk(cfg: TrainConfig, optimizer: optax.GradientTransformation,
     spmd_axis = None if mesh is None else parallel.REPLICA_AXIS
     batched = jax.vmap(one_replica, in_axes=(0, None, 0, 0, 0), spmd_axis_name=spmd_axis)
     if mesh is None:
-        return jax.jit(batched)
-    return jax.jit(batched, out_shardings=parallel.replica_sharded(mesh))
+        return optimizer, jax.jit(batched)
+    return optimizer, jax.jit(batched, out_shardings=parallel.replica_sharded(mesh))
 
 
 def build_group(cfgs: Sequence[TrainConfig], mnist: data_lib.Mnist | None = None, *,
@@ -158,12 +173,12 @@ def build_group(cfgs: Sequence[TrainConfig], mnist: data_lib.Mnist | None = None
         unlabeled.append(jnp.asarray(np.sort(train_rows), jnp.int32))
         validation.append(val_rows)
     schedule = train.Schedule.of(cfg, int(unlabeled[0].shape[0]))
-    optimizer = train.make_optimizer(cfg, schedule.total_steps)
     keys = jnp.stack([train._stream_key(c.seed, 3) for c in cfgs])
     key_data = jax.random.key_data(keys)
     if mesh is not None:
         key_data = parallel.to_global(key_data, parallel.replica_sharded(mesh))
-    chunk = make_group_chunk(cfg, optimizer, jax.random.key_impl(keys), mesh)
+    optimizer, chunk = make_group_chunk(cfg, schedule.total_steps, jax.random.key_impl(keys),
+                                        mesh)
     return ReplicaGroup(cfgs, mnist, shared, local, labeled, unlabeled, validation, schedule,
                         optimizer, key_data, chunk, mesh)
 

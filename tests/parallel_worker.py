@@ -1,0 +1,166 @@
+"""Subprocess side of tests/test_parallel.py (JAX must be configured before it starts).
+
+    python tests/parallel_worker.py devices OUT.npz
+        (run with XLA_FLAGS=--xla_force_host_platform_device_count=4) per-step losses and
+        final params of: a 1-device run, a 4-device data-parallel run, and a 2-replica
+        group (seeds 0 and 1) on a 2 x 2 (replica x data) mesh.
+    python tests/parallel_worker.py multihost PORT NUM_PROCESSES PROCESS_ID OUTDIR
+        one process of a jax.distributed CPU run, data parallel over every process's
+        device: train_and_evaluate in OUTDIR/run, interrupted at step STEPS_A and resumed
+        to STEPS_B (checkpoints saved and restored collectively). Process 0 writes the
+        final params to OUTDIR/multihost.npz.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+_T0 = time.time()
+
+
+def mark(what: str) -> None:
+    print(f"[{time.time() - _T0:7.1f}s] {what}", file=sys.stderr, flush=True)
+
+WORKER = os.path.abspath(__file__)
+TIMEOUT_S = 900  # the machine may be shared; a hung collective must not hang the suite
+SIZES = (784, 32, 10)
+WEIGHTS = (1000.0, 10.0, 0.1)
+STEPS = 50  # per-step loss comparison
+CHUNK = 10  # steps per compiled call (one compilation serves every run of a process)
+STEPS_A, STEPS_B = 20, 30  # train_and_evaluate: interrupted at A, resumed to B
+
+
+def worker_env(xla_flags: str = "") -> dict[str, str]:
+    """The workers' environment. XLA's backend optimisations are off: compiling dominates
+    these short runs, and each comparison tolerates float differences anyway."""
+    env = dict(os.environ)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # processes of one run must compile alike
+    repo = os.path.dirname(os.path.dirname(WORKER))
+    env["PYTHONPATH"] = os.pathsep.join([repo, env.get("PYTHONPATH", "")])
+    env["XLA_FLAGS"] = f"--xla_backend_optimization_level=0 {xla_flags}".strip()
+    return env
+
+
+def tiny_config(seed: int = 0, **changes):
+    from ladder_jax import config
+
+    return config.preset("full_100").replace(
+        model={"layer_sizes": SIZES, "denoise_weights": WEIGHTS, "noise_std": 0.3}, seed=seed,
+        epochs=1, steps_per_call=CHUNK, checkpoint_every=CHUNK, max_steps=STEPS, **changes)
+
+
+def leaves(tree) -> list[np.ndarray]:
+    import jax
+
+    from ladder_jax import parallel
+
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(parallel.to_host(tree))]
+
+
+def run_solo_or_mesh(cfg, mnist, mesh, steps: int = STEPS):
+    """Per-step losses [steps] and final params of ``cfg`` (data parallel on ``mesh``)."""
+    from ladder_jax import parallel, train
+
+    exp = train.build_experiment(cfg, mnist, mesh=mesh)
+    state = train.init_state(cfg, exp.optimizer)
+    if mesh is not None:
+        state = parallel.replicate(state, mesh)
+    mark("state ready")
+    losses = []
+    for _ in range(steps // CHUNK):
+        state, step_losses = train.run_steps(exp, state, CHUNK)
+        losses.append(step_losses)
+        mark(f"{CHUNK} steps")
+    return np.concatenate(losses), state.params
+
+
+def devices(out: str) -> None:
+    import jax
+
+    from ladder_jax import data, parallel, replicas, train
+
+    assert jax.device_count() == 4, jax.devices()
+    mnist = data.load_mnist()
+    cfg = tiny_config()
+    result = {}
+    mark("start")
+    solo_losses, solo_params = run_solo_or_mesh(cfg, mnist, None)
+    mark("solo done")
+    mesh = parallel.make_mesh(4)
+    dp_losses, dp_params = run_solo_or_mesh(cfg, mnist, mesh)
+    mark("data parallel done")
+    # The batch constraint reaches the program: a 4-way split of the leading axis.
+    exp = train.build_experiment(cfg, mnist, mesh=mesh)
+    state = parallel.replicate(train.init_state(cfg, exp.optimizer), mesh)
+    hlo = exp.train_chunk.lower(state, exp.device_data, *train.batch_rows(exp, 0, CHUNK),
+                                train.noise_key(cfg.seed))
+    text = hlo.as_text()
+    result["batch_split_4way"] = ('"data"=4' in text and 'sharding_constraint' in text
+                                  and '[{"data"}, {}]' in text)
+    result.update(solo_losses=solo_losses, dp_losses=dp_losses)
+    for i, (a, b) in enumerate(zip(leaves(solo_params), leaves(dp_params))):
+        result[f"solo_param_{i}"], result[f"dp_param_{i}"] = a, b
+    # Two replicas on a replica=2 x data=2 mesh; replica 0 must follow the solo run.
+    cfgs = [cfg, cfg.replace(seed=1, num_labels=50)]
+    mesh2 = parallel.make_mesh(4, num_replicas=2)
+    assert dict(mesh2.shape) == {"replica": 2, "data": 2}, mesh2.shape
+    group = replicas.build_group(cfgs, mnist, mesh=mesh2)
+    state = replicas.init_group_state(group)
+    losses = []
+    for _ in range(STEPS // CHUNK):
+        state, step_losses = replicas.run_group_steps(group, state, CHUNK)
+        losses.append(step_losses)
+    result["group_losses"] = np.concatenate(losses, axis=1)
+    mark("replica group done")
+    np.savez(out, **result)
+
+
+def multihost(port: str, num_processes: str, process_id: str, outdir: str) -> None:
+    from ladder_jax import parallel
+
+    parallel.initialize_distributed("manual", coordinator_address=f"127.0.0.1:{port}",
+                                    num_processes=int(num_processes),
+                                    process_id=int(process_id))
+    import jax
+    from jax.experimental import multihost_utils
+
+    from ladder_jax import data, train
+
+    mnist = data.load_mnist()
+    mesh = parallel.make_mesh()
+    assert mesh.devices.size == jax.device_count() == int(num_processes)
+    cfg = tiny_config()
+    mark("initialised")
+    workdir = os.path.join(outdir, "run")
+    first = train.train_and_evaluate(cfg.replace(max_steps=STEPS_A), workdir, mnist=mnist,
+                                     mesh=mesh)
+    assert first.results["step"] == STEPS_A
+    mark("first train_and_evaluate done")
+    # Stand-in for an interrupted run: the same run with a later stop (a config rewrite).
+    if jax.process_index() == 0:
+        path = os.path.join(workdir, "config.json")
+        with open(path) as f:
+            saved = json.load(f)
+        saved["max_steps"] = STEPS_B
+        with open(path, "w") as f:
+            json.dump(saved, f)
+    multihost_utils.sync_global_devices("config rewritten")
+    resumed = train.train_and_evaluate(cfg.replace(max_steps=STEPS_B), workdir, mnist=mnist,
+                                       mesh=mesh)
+    mark("resumed train_and_evaluate done")
+    final_params = leaves(resumed.state.params)
+    if jax.process_index() == 0:
+        out = {f"param_{i}": a for i, a in enumerate(final_params)}
+        np.savez(os.path.join(outdir, "multihost.npz"), num_processes=jax.process_count(),
+                 **out)
+    multihost_utils.sync_global_devices("done")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    {"devices": devices, "multihost": multihost}[sys.argv[1]](*sys.argv[2:])
