@@ -259,7 +259,7 @@ def evaluate_replica(group: ReplicaGroup, index: int, params: model.Params,
 # The loop.
 
 
-def _prepare(workdir: str, cfgs: list[TrainConfig], restart: bool) -> None:
+def _prepare(workdir: str, cfgs: list[TrainConfig], dirs: list[str], restart: bool) -> None:
     """The group's replicas.json and each replica's config.json (ConfigError on mismatch)."""
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, GROUP_FILE)
@@ -275,15 +275,15 @@ def _prepare(workdir: str, cfgs: list[TrainConfig], restart: bool) -> None:
                 "(--restart) to discard it, or choose another workdir")
     if restart:
         wd.clear(workdir)
-    for cfg in cfgs:
-        wd.prepare(replica_workdir(workdir, cfg), cfg, restart)
+    for cfg, rdir in zip(cfgs, dirs):
+        wd.prepare(rdir, cfg, restart)
     if wd.is_writer():
         wd.write_json_atomic(path, wanted)
 
 
 def train_replicas_and_evaluate(
     cfgs: Sequence[TrainConfig], workdir: str, mnist: data_lib.Mnist | None = None, *,
-    restart: bool = False, mesh: Any = None,
+    restart: bool = False, mesh: Any = None, replica_dirs: Sequence[str] | None = None,
 ) -> list[train.RunResult]:
     """Trains (or resumes) the models ``cfgs`` together in one program, then evaluates each.
 
@@ -298,6 +298,9 @@ def train_replicas_and_evaluate(
     restart: discard an existing group in ``workdir`` first.
     mesh: ``parallel.make_mesh(num_devices, len(cfgs))`` to spread replicas (and batches)
         over devices; None runs on the default device.
+    replica_dirs: where each replica writes config.json/metrics.jsonl/results.json instead
+        of ``replica_workdir(workdir, cfg)`` (e.g. a sweep's cell directories); the group's
+        checkpoints and replicas.json stay in ``workdir``.
 
     Returns one ``train.RunResult`` per config, in the order of ``cfgs``: the replica's own
     final TrainState and population statistics, its results.json dict and its metrics
@@ -307,12 +310,16 @@ def train_replicas_and_evaluate(
     """
     cfgs = list(cfgs)
     check_group(cfgs)
-    _prepare(workdir, cfgs, restart)
+    dirs = list(replica_dirs) if replica_dirs is not None else [
+        replica_workdir(workdir, c) for c in cfgs]
+    if len(dirs) != len(cfgs) or len(set(map(os.path.abspath, dirs))) != len(dirs):
+        raise ConfigError(f"replica_dirs needs {len(cfgs)} distinct directories, got {dirs}")
+    _prepare(workdir, cfgs, dirs, restart)
     group = build_group(cfgs, mnist, mesh=mesh)
     k, sched, cfg0 = group.num_replicas, group.schedule, cfgs[0]
     names = train.metric_names(cfg0.model)
     checkpoints = wd.Checkpoints(workdir, cfg0.keep_checkpoints)
-    writers = [wd.MetricsWriter(replica_workdir(workdir, c)) for c in cfgs]
+    writers = [wd.MetricsWriter(d) for d in dirs]
     state = init_group_state(group)
     bn_stats = [train._empty_stats(cfg0.model) for _ in cfgs]
     latest = checkpoints.latest_step()
@@ -404,7 +411,7 @@ def train_replicas_and_evaluate(
         for w in writers:
             w.close()
 
-    results_paths = [os.path.join(replica_workdir(workdir, c), wd.RESULTS_FILE) for c in cfgs]
+    results_paths = [os.path.join(d, wd.RESULTS_FILE) for d in dirs]
     final_step = current_step()
     out = []
     for i, cfg in enumerate(cfgs):

@@ -117,3 +117,18 @@ def test_group_rules():
     with pytest.raises(config.ConfigError):
         replicas.check_group([])
     assert replicas.replica_name(cfgs[1]) == "replica_seed1_labels50"
+
+
+def test_replica_dirs_put_each_replica_where_the_caller_wants(tmp_path, mnist):
+    cfgs = [c.replace(max_steps=CHUNK) for c in _cfgs()]  # the same program as above
+    dirs = [str(tmp_path / "cells" / f"cell{i}") for i in range(3)]
+    runs = replicas.train_replicas_and_evaluate(cfgs, str(tmp_path / "group"), mnist,
+                                                replica_dirs=dirs)
+    for cfg, d, run in zip(cfgs, dirs, runs):
+        assert wd.read_json(os.path.join(d, wd.CONFIG_FILE)) == cfg.to_dict()
+        assert wd.read_json(os.path.join(d, wd.RESULTS_FILE)) == run.results
+        assert [r["step"] for r in wd.read_metrics(d)] == [CHUNK]
+    assert os.listdir(tmp_path / "group") != []  # checkpoints + replicas.json stay there
+    with pytest.raises(config.ConfigError, match="distinct"):
+        replicas.train_replicas_and_evaluate(cfgs, str(tmp_path / "g2"), mnist,
+                                             replica_dirs=[dirs[0], dirs[1], dirs[0]])
