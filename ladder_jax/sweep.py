@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import os
 import statistics
@@ -36,7 +37,7 @@ from absl import logging
 
 from ladder_jax import config as config_lib
 from ladder_jax import data as data_lib
-from ladder_jax import train
+from ladder_jax import replicas, train
 from ladder_jax import workdir as wd
 from ladder_jax.config import ConfigError, TrainConfig
 
@@ -247,6 +248,31 @@ def run_cells_sequentially(cells: Sequence[tuple[Cell, str]],
                            mnist: data_lib.Mnist) -> list[CellResult]:
     """The default RunGroup: one cell after another."""
     return [run_cell(cell, workdir, mnist) for cell, workdir in cells]
+
+
+def run_cells_as_replicas(cells: Sequence[tuple[Cell, str]],
+                          mnist: data_lib.Mnist) -> list[CellResult]:
+    """A RunGroup that trains same-shape cells as replicas in ONE compiled program.
+
+    Each cell still writes config.json/metrics.jsonl/results.json into its own workdir; the
+    group's stacked checkpoint lives in <sweep_dir>/groups/<hash of the member names>, so
+    re-running the same unfinished cells resumes it. A single cell trains on its own. The
+    whole group fails or finishes together.
+    """
+    if len(cells) == 1:
+        return run_cells_sequentially(cells, mnist)
+    names = ",".join(cell.name for cell, _ in cells)
+    group_dir = os.path.join(os.path.dirname(cells[0][1]), "groups",
+                             hashlib.sha256(names.encode()).hexdigest()[:12])
+    for cell, workdir in cells:
+        logging.info("cell %s: training in %s (one of %d replicas, group %s)", cell.name,
+                     workdir, len(cells), group_dir)
+        _check_workdir(cell, workdir)
+    runs = replicas.train_replicas_and_evaluate(
+        [cell.config for cell, _ in cells], group_dir, mnist,
+        replica_dirs=[workdir for _, workdir in cells])
+    return [_result_from(cell, workdir, run.results, ran=True)
+            for (cell, workdir), run in zip(cells, runs)]
 
 
 def run_sweep(cells: Sequence[Cell], sweep_dir: str, *, mnist: data_lib.Mnist | None = None,

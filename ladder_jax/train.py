@@ -73,7 +73,7 @@ class Schedule:
 
 def learning_rate_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
     """lr constant for the first ``decay_start`` of training, then linear to 0 at the end."""
-    decay_begin = int(round(cfg.decay_start * total_steps))
+    decay_begin = round(cfg.decay_start * total_steps)
     return optax.join_schedules(
         [
             optax.constant_schedule(cfg.lr),
