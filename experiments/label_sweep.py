@@ -9,13 +9,13 @@ ones; a failing cell is reported and the others still run (exit code 1 if any fa
 
 from __future__ import annotations
 
-import logging as std_logging
 import os
 import shlex
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from experiments import common
 from ladder_jax import config as config_lib
 from ladder_jax import data, sweep
 
@@ -59,6 +59,11 @@ flags.DEFINE_string("compilation_cache_dir", None, "JAX persistent compilation c
                     "turns it off.")
 
 
+flags.DEFINE_bool("replicas", True, "Train the seeds of a cell shape (same preset and label "
+                  "count) as replicas in one compiled program; --noreplicas runs every cell "
+                  "on its own.")
+
+
 def _ints(name: str, values: list[str]) -> list[int]:
     try:
         return [int(v) for v in values]
@@ -81,16 +86,8 @@ def cells_from_flags() -> list[sweep.Cell]:
                             layer_sizes=layer_sizes, **changes)
 
 
-class _QuietLibraries(std_logging.Filter):
-    """Drops INFO chatter of orbax/jax internals; our progress lines stay readable."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        noisy = ("orbax" in record.pathname or "/jax/" in record.pathname)
-        return record.levelno >= std_logging.WARNING or not noisy
-
-
 def main(argv: list[str]) -> int:
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    common.quiet_library_logs()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
     command = shlex.join(["python", "-m", "experiments.label_sweep", *sys.argv[1:]])
@@ -101,7 +98,9 @@ def main(argv: list[str]) -> int:
             cache = os.path.join(FLAGS.sweep_dir, "jax_cache")
         if cache and cache.lower() != "none":
             sweep.enable_compilation_cache(cache)
-        outcome = sweep.run_sweep(cells, FLAGS.sweep_dir, command=command)
+        run_group = sweep.run_cells_as_replicas if FLAGS.replicas else None
+        outcome = sweep.run_sweep(cells, FLAGS.sweep_dir, command=command,
+                                  run_group=run_group)
     except (config_lib.ConfigError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -8,11 +8,11 @@ A few-minute demo:
 
 from __future__ import annotations
 
-import logging as std_logging
 import sys
 
 from absl import app, flags, logging
 
+from experiments import common
 from ladder_jax import config as config_lib
 from ladder_jax import data, parallel, replicas, train
 
@@ -110,16 +110,8 @@ def default_workdir(cfg: config_lib.TrainConfig) -> str:
     return f"runs/{FLAGS.preset}_labels{cfg.num_labels}_seed{cfg.seed}"
 
 
-class _QuietLibraries(std_logging.Filter):
-    """Drops INFO chatter of orbax/jax internals; our progress lines stay readable."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        noisy = ("orbax" in record.pathname or "/jax/" in record.pathname)
-        return record.levelno >= std_logging.WARNING or not noisy
-
-
 def main(argv: list[str]) -> int:
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    common.quiet_library_logs()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
     try:
