@@ -173,7 +173,7 @@ def test_helpfull_documents_every_flag():
     for name in ("workdir", "preset", "num_labels", "seed", "epochs", "max_steps", "batch_size",
                  "lr", "noise_std", "denoise_weights", "combinator", "data_source", "data_dir",
                  "eval_every", "checkpoint_every", "steps_per_call", "restart", "flagfile"):
-        assert f"--{name}" in proc.stdout, name
+        assert f"--{name}" in proc.stdout or f"--[no]{name}" in proc.stdout, name
 
 
 def test_flagfile_is_read(tmp_path):
