@@ -215,12 +215,13 @@ def error_rate(params: model.Params, cfg: ModelConfig, bn_stats: model.BnStats,
     return jnp.mean(jnp.argmax(log_probs, axis=-1) != labels)
 
 
+_predict_log_probs = jax.jit(model.predict_log_probs, static_argnames=("cfg",))
+
+
 def predict(params: model.Params, cfg: ModelConfig, bn_stats: model.BnStats,
             images: np.ndarray) -> np.ndarray:
     """Predicted classes (int [N]) for uint8 images [N, 28, 28] or [N, 784]."""
-    log_probs = jax.jit(model.predict_log_probs, static_argnames=("cfg",))(
-        params, cfg, model.preprocess(jnp.asarray(images)), bn_stats
-    )
+    log_probs = _predict_log_probs(params, cfg, model.preprocess(jnp.asarray(images)), bn_stats)
     return np.asarray(jnp.argmax(log_probs, axis=-1))
 
 
