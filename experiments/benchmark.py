@@ -9,8 +9,6 @@ Figures (all from this one process):
   ms_per_step      median over --repeats calls of K = --steps_per_call steps, divided by K
   examples_per_s   (labeled + unlabeled examples per step) / step time
   matmul_gflop     matmul FLOPs of one step, counted by formula (see step_matmul_flops)
-  xla_gflop        XLA's own FLOP estimate of one step (cost analysis of the scan body), for
-                   reference: it counts elementwise work too
   achieved_gflops  matmul_gflop / step time
   peak_gflops      best of a large float32 matmul in jax and in numpy, timed here and now
   fraction_of_peak achieved_gflops / peak_gflops
@@ -95,15 +93,9 @@ def benchmark(cfg: TrainConfig, steps_per_call: int, repeats: int, peak_size: in
     state = train.init_state(cfg, exp.optimizer)
     labeled, unlabeled = train.batch_rows(exp, 0, steps_per_call)
     start = time.perf_counter()
-    compiled = exp.train_chunk.lower(state, exp.device_data, labeled, unlabeled,
-                                     train.noise_key(cfg.seed)).compile()
+    exp.train_chunk.lower(state, exp.device_data, labeled, unlabeled,
+                          train.noise_key(cfg.seed)).compile()
     compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    # XLA costs a while loop's body once, so this is one step's estimate (all ops, not just
-    # matmuls).
-    xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-
     state, _ = train.run_steps(exp, state, steps_per_call)  # warm-up (the first run)
     times = []
     for _ in range(repeats):
@@ -128,7 +120,6 @@ def benchmark(cfg: TrainConfig, steps_per_call: int, repeats: int, peak_size: in
         "steps_per_s": 1 / step_s,
         "examples_per_s": examples / step_s,
         "matmul_gflop": flops / 1e9,
-        "xla_gflop": xla_flops / 1e9,
         "achieved_gflops": achieved,
         "peak_gflops_jax": peak["jax"],
         "peak_gflops_numpy": peak["numpy"],

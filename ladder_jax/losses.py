@@ -44,7 +44,9 @@ def ladder_loss(
     x_labeled: jax.Array,
     labels: jax.Array,
     x_unlabeled: jax.Array | None,
-    key: jax.Array,
+    key: jax.Array | None,
+    *,
+    noise: list[jax.Array | None] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Total training cost C = C_class + sum_l C_denoise_l on one batch.
 
@@ -53,13 +55,16 @@ def ladder_loss(
     parts) and the clean pass (unlabeled part) run as one batch through each weight
     matrix, each part batch-normalised with its own statistics; the clean labeled pass is
     not needed for the cost and is not run. Gradients flow through every path.
+    The corruption is drawn from ``key``, or given as ``noise`` (model.draw_noise over the
+    Nl + Nu corrupted rows, labeled first).
 
     Returns (total, metrics) with metrics 'loss', 'class_cost', 'denoise_cost',
     'denoise_cost_l' per layer l, and 'train_error' (corrupted output, labeled part).
     """
     n_labeled = x_labeled.shape[0]
     if x_unlabeled is None:
-        trace = model.encode(params, cfg, x_labeled, noisy=(True,), key=key)
+        trace = model.encode(params, cfg, x_labeled, noisy=(True,), key=key,
+                             noise=noise)
         class_cost = classification_cost(trace.logits, labels)
         denoise = [jnp.zeros(()) for _ in cfg.layer_sizes]
         labeled_logits = trace.logits
@@ -67,7 +72,8 @@ def ladder_loss(
         n_unlabeled = x_unlabeled.shape[0]
         x = jnp.concatenate([x_labeled, x_unlabeled, x_unlabeled], axis=0)
         parts = (n_labeled, n_unlabeled, n_unlabeled)
-        trace = model.encode(params, cfg, x, part_sizes=parts, noisy=(True, True, False), key=key)
+        trace = model.encode(params, cfg, x, part_sizes=parts, noisy=(True, True, False),
+                             key=key, noise=noise)
         noisy_u = slice(n_labeled, n_labeled + n_unlabeled)
         clean_u = slice(n_labeled + n_unlabeled, None)
         labeled_logits = trace.logits[:n_labeled]

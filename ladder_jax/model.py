@@ -115,14 +115,24 @@ def batch_normalize(
     return jnp.concatenate(outs, axis=0), jnp.stack(means), jnp.stack(variances)
 
 
-def _noise(key: jax.Array, shape: tuple[int, int], std: float, part_sizes: Sequence[int],
-           noisy: Sequence[bool]) -> jax.Array | float:
-    """Gaussian noise of ``std`` on the rows of noisy parts, zeros on clean ones."""
-    if std == 0.0 or not any(noisy):
+def draw_noise(key: jax.Array, cfg: ModelConfig, num_rows: int) -> list[jax.Array | None]:
+    """The corruption of one encoder pass over ``num_rows`` noisy rows, per layer l = 0..L:
+    noise_std[l] * N(0, 1) of shape [num_rows, n_l], drawn from split(key, L + 1)[l]; None
+    where noise_std[l] is 0. Drawing it apart from the pass lets the trainer draw many steps'
+    noise in one vectorised call (see train.train_steps)."""
+    keys = jax.random.split(key, cfg.num_layers + 1)
+    return [
+        None if std == 0.0 else std * jax.random.normal(keys[layer], (num_rows, width))
+        for layer, (std, width) in enumerate(zip(cfg.noise_std, cfg.layer_sizes))
+    ]
+
+
+def _place_noise(draws: jax.Array | None, num_rows: int, part_sizes: Sequence[int],
+                 noisy: Sequence[bool]) -> jax.Array | float:
+    """The noise rows ``draws`` [noisy rows, n] put on the noisy parts, zeros on clean ones."""
+    if draws is None:
         return 0.0
-    noisy_rows = sum(s for s, n in zip(part_sizes, noisy) if n)
-    draws = std * jax.random.normal(key, (noisy_rows, shape[1]))
-    if noisy_rows == shape[0]:
+    if draws.shape[0] == num_rows:
         return draws
     pieces, start = [], 0
     for size, is_noisy in zip(part_sizes, noisy):
@@ -130,7 +140,7 @@ def _noise(key: jax.Array, shape: tuple[int, int], std: float, part_sizes: Seque
             pieces.append(draws[start:start + size])
             start += size
         else:
-            pieces.append(jnp.zeros((size, shape[1]), draws.dtype))
+            pieces.append(jnp.zeros((size, draws.shape[1]), draws.dtype))
     return jnp.concatenate(pieces, axis=0)
 
 
@@ -142,6 +152,7 @@ def encode(
     part_sizes: Sequence[int] | None = None,
     noisy: Sequence[bool] | None = None,
     key: jax.Array | None = None,
+    noise: Sequence[jax.Array | None] | None = None,
     bn_stats: BnStats | None = None,
 ) -> EncoderTrace:
     """One encoder pass over ``x`` [B, n_0] (floats in [0, 1]).
@@ -149,6 +160,7 @@ def encode(
     part_sizes: consecutive row blocks batch-normalised separately (default: one part).
     noisy: per part, whether it is corrupted with ``cfg.noise_std`` (default: all clean).
         Clean and corrupted parts share each matmul: the weights are the same.
+    key: draws the corruption (draw_noise(key, cfg, noisy rows)); or pass it drawn as ``noise``.
     bn_stats: population statistics; when given, they replace the batch statistics.
     """
     part_sizes = tuple(part_sizes) if part_sizes is not None else (x.shape[0],)
@@ -156,12 +168,18 @@ def encode(
     if sum(part_sizes) != x.shape[0] or len(noisy) != len(part_sizes):
         raise ValueError(f"part_sizes {part_sizes} / noisy {noisy} do not fit a batch of "
                          f"{x.shape[0]} rows")
-    if any(noisy) and key is None:
-        raise ValueError("a corrupted pass needs a PRNG key")
     num_layers = cfg.num_layers
-    keys = jax.random.split(key, num_layers + 1) if any(noisy) else [None] * (num_layers + 1)
+    if not any(noisy):
+        noise = [None] * (num_layers + 1)
+    elif noise is None:
+        if key is None:
+            raise ValueError("a corrupted pass needs a PRNG key or its drawn noise")
+        noise = draw_noise(key, cfg, sum(s for s, n in zip(part_sizes, noisy) if n))
 
-    h = x + _noise(keys[0], x.shape, cfg.noise_std[0], part_sizes, noisy)
+    def corrupt(layer: int, value: jax.Array) -> jax.Array:
+        return value + _place_noise(noise[layer], value.shape[0], part_sizes, noisy)
+
+    h = corrupt(0, x)
     zs, hs = [h], [h]
     means: list[jax.Array | None] = [None]
     variances: list[jax.Array | None] = [None]
@@ -173,7 +191,7 @@ def encode(
         else:
             mean, var = bn_stats.mean[layer], bn_stats.var[layer]
             z = normalize(zpre, mean, var, cfg.bn_eps)
-        z = z + _noise(keys[layer], z.shape, cfg.noise_std[layer], part_sizes, noisy)
+        z = corrupt(layer, z)
         beta = params["beta"][layer - 1]
         if layer < num_layers:
             h = jax.nn.relu(z + beta)

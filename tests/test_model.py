@@ -249,6 +249,29 @@ def test_zero_noise_corrupted_pass_equals_clean():
         assert max_diff(only_2.z[layer][noisy_rows], clean.z[layer][noisy_rows]) > 1e-2
 
 
+def test_drawn_noise_gives_the_same_numbers_as_the_key():
+    """The trainer draws each step's noise ahead (model.draw_noise) instead of passing the key:
+    the same draws, so the same loss and gradients (up to XLA's float rounding of the fused
+    sums), for the ladder and for the baseline."""
+    params = random_params(CFG, 2)
+    xl, y, xu = ladder_batch(CFG, 2)
+    key = jax.random.key(5)
+    noise = model.draw_noise(key, CFG, NL + NU)
+    assert [n.shape for n in noise] == [(NL + NU, w) for w in SMALL]
+    grad = jax.jit(jax.grad(lambda p, k, n: losses.ladder_loss(p, CFG, xl, y, xu, k, noise=n)[0]))
+    np.testing.assert_allclose(ravel_pytree(grad(params, None, noise))[0],
+                               ravel_pytree(grad(params, key, None))[0], rtol=1e-4, atol=1e-6)
+    base = model.draw_noise(key, CFG, NL)
+    by_key = loss_jit(params, CFG, xl, y, None, key)[0]
+    np.testing.assert_allclose(loss_jit(params, CFG, xl, y, None, None, noise=base)[0], by_key,
+                               rtol=1e-6)
+    # Layers without noise draw nothing; other noise changes the loss.
+    assert model.draw_noise(key, dataclasses.replace(CFG, noise_std=(0.0, 0.3, 0.0, 0.3)),
+                            NL)[0::2] == [None, None]
+    other = model.draw_noise(jax.random.key(6), CFG, NL)
+    assert abs(by_key - loss_jit(params, CFG, xl, y, None, None, noise=other)[0]) > 1e-3
+
+
 def test_batch_statistics_are_per_part():
     params = random_params(CFG, 3)
     xl, _, xu = ladder_batch(CFG, 3)

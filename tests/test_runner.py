@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
 from ladder_jax import config, train, workdir
 
@@ -207,3 +208,26 @@ def test_readme_demo_command(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = workdir.read_json(str(tmp_path / "demo" / "results.json"))
     assert results["final_test_error"] < 0.10
+
+
+def test_steps_split_into_calls_any_way_give_the_same_params(mnist):
+    """Noise is drawn per block of steps (train.noise_block_size); 12 steps as one call
+    (one block of 12), as 5 + 7 (blocks of 5 and 7) or as 4 + 4 + 4 give the same state."""
+    cfg = config.preset("full_100").replace(
+        model={"layer_sizes": (784, 32, 10), "denoise_weights": (1000.0, 10.0, 0.1),
+               "noise_std": 0.3},
+        batch_size=100, unlabeled_batch_size=100, epochs=1)
+    exp = train.build_experiment(cfg, mnist)
+    assert [train.noise_block_size(k) for k in (12, 7, 100, 600, 101)] == [12, 7, 100, 100, 1]
+
+    def params_after(splits):
+        state = train.init_state(cfg, exp.optimizer)
+        for k in splits:
+            state, _ = train.run_steps(exp, state, k)
+        assert int(state.step) == 12
+        return ravel_pytree(state.params)[0]
+
+    whole = params_after([12])
+    for splits in ([5, 7], [4, 4, 4]):
+        np.testing.assert_allclose(params_after(splits), whole, rtol=1e-5, atol=1e-6)
+    assert np.abs(whole - ravel_pytree(train.init_state(cfg, exp.optimizer).params)[0]).max() > 1e-3

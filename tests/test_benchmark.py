@@ -1,0 +1,56 @@
+"""The benchmark's FLOP formula against the matmuls of the traced step, and its figures."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import pytest
+from jax.extend import core as jax_core
+
+from experiments import benchmark
+from ladder_jax import config, train
+
+TINY = {"layer_sizes": (784, 30, 20, 10), "noise_std": 0.3}
+
+
+def _dot_flops(jaxpr) -> int:
+    """2 * (output size) * (contracted size) summed over every dot_general, sub-jaxprs once."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            contracted = math.prod(lhs[d] for d in lhs_contract)
+            total += 2 * math.prod(eqn.outvars[0].aval.shape) * contracted
+        for sub in jax_core.jaxprs_in_params(eqn.params):
+            total += _dot_flops(sub)
+    return total
+
+
+@pytest.mark.parametrize("preset", ["full_100", "gamma_100", "baseline_100", "bottom_100"])
+def test_matmul_flop_formula_counts_the_dots_of_one_traced_step(preset, mnist):
+    base = config.preset(preset)
+    weights = base.model.denoise_weights
+    cfg = base.replace(model={**TINY, "denoise_weights": (weights[0], weights[1], weights[2],
+                                                          weights[-1])},
+                       batch_size=50, unlabeled_batch_size=70)
+    exp = train.build_experiment(cfg, mnist)
+    state = train.init_state(cfg, exp.optimizer)
+    labeled, unlabeled = train.batch_rows(exp, 0, 1)
+    jaxpr = jax.make_jaxpr(exp.train_chunk)(state, exp.device_data, labeled, unlabeled,
+                                            train.noise_key(0))
+    assert _dot_flops(jaxpr.jaxpr) == benchmark.step_matmul_flops(cfg)
+
+
+def test_benchmark_figures_are_consistent(mnist):
+    cfg = config.preset("full_100").replace(model=TINY | {"denoise_weights": (1.0,) * 4})
+    figures = benchmark.benchmark(cfg, steps_per_call=3, repeats=2, peak_size=256, mnist=mnist)
+    step_s = figures["ms_per_step"] / 1000
+    assert figures["ms_per_step_min"] <= figures["ms_per_step"] <= figures["ms_per_step_max"]
+    assert figures["examples_per_s"] == pytest.approx(200 / step_s)
+    assert figures["achieved_gflops"] == pytest.approx(figures["matmul_gflop"] / step_s)
+    assert figures["peak_gflops"] == max(figures["peak_gflops_jax"], figures["peak_gflops_numpy"])
+    assert figures["fraction_of_peak"] == pytest.approx(
+        figures["achieved_gflops"] / figures["peak_gflops"])
+    assert figures["peak_gflops"] > 0.1 and figures["final_loss_finite"]
