@@ -39,8 +39,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from ladder_jax import cpu_rng, model, parallel, train
 from ladder_jax import data as data_lib
+from ladder_jax import model, parallel, train
 from ladder_jax import workdir as wd
 from ladder_jax.config import ConfigError, TrainConfig
 
@@ -130,7 +130,6 @@ def make_group_chunk(cfg: TrainConfig, total_steps: int, key_impl: Any, mesh: An
 def _group_chunk(model_cfg: Any, lr: float, decay_start: float, epochs: int,
                  total_steps: int, key_impl: str, mesh: Any):
     cfg = TrainConfig(model=model_cfg, lr=lr, decay_start=decay_start, epochs=epochs)
-    cpu_rng.use_unrolled_threefry()  # same bits, faster noise on the CPU
     optimizer = train.make_optimizer(cfg, total_steps)
     constrain = None if mesh is None else parallel.batch_constraint(mesh)
 

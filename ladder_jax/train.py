@@ -174,6 +174,7 @@ def train_steps(model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
     # Noise is drawn for a block of steps in one vectorised call before the block's loop:
     # drawn inside the step, XLA fuses the generator into each layer's consumers, where it
     # runs several times slower. Same keys, so the same numbers either way.
+    cpu_rng.use_unrolled_threefry()  # before lowering: same bits, faster noise on the CPU
     num_steps = labeled_rows.shape[0]
     block = noise_block_size(num_steps)
     noisy_rows = labeled_rows.shape[1] + (0 if unlabeled_rows is None else unlabeled_rows.shape[1])
@@ -209,7 +210,6 @@ def make_train_chunk(
     With a ``mesh`` (ladder_jax.parallel), each batch is split over its 'data' axis while
     state and data stay replicated; the step computes the same global-batch numbers.
     """
-    cpu_rng.use_unrolled_threefry()  # same bits, faster noise on the CPU
     model_cfg = cfg.model
     constrain = None if mesh is None else parallel.batch_constraint(mesh)
 
