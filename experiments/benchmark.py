@@ -14,6 +14,9 @@ Figures (all from this one process):
   peak_gflops      best of a large float32 matmul in jax and in numpy, timed here and now
   fraction_of_peak achieved_gflops / peak_gflops
   peak_rss_mib     the process's peak resident memory
+
+--profile then traces one more call and prints where the step's time goes
+(experiments/step_profile.py explains its figures).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments import step_profile
 from ladder_jax import config as config_lib
 from ladder_jax import data, train
 from ladder_jax.config import TrainConfig
@@ -43,6 +47,9 @@ flags.DEFINE_integer("peak_size", 2048, "Side of the square matmul that measures
 flags.DEFINE_string("output", None, "Write the figures as JSON to this file.")
 flags.DEFINE_enum("data_source", "pypi", list(data.SOURCES), "Where MNIST comes from.")
 flags.DEFINE_string("data_dir", None, "IDX directory or TFDS data_dir.")
+flags.DEFINE_bool("profile", False, "Also profile one call: time with a matmul running, time "
+                  "with only other operations, idle time, and the costliest operations.")
+flags.DEFINE_integer("top", 25, "With --profile, how many operations to list.", lower_bound=0)
 
 
 def step_matmul_flops(cfg: TrainConfig) -> int:
@@ -144,6 +151,11 @@ def main(argv: list[str]) -> int:
     for key, value in figures.items():
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown}")
+    if FLAGS.profile:
+        print("\nprofile of one more call (ms per step):")
+        profile = step_profile.profile(cfg, FLAGS.steps_per_call)
+        step_profile.print_profile(profile, FLAGS.top)
+        figures["profile"] = {k: v for k, v in profile.items() if k != "ops"}
     if FLAGS.output:
         with open(FLAGS.output, "w") as f:
             json.dump(figures, f, indent=2)

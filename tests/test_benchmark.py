@@ -1,4 +1,5 @@
-"""The benchmark's FLOP formula against the matmuls of the traced step, and its figures."""
+"""The benchmark's FLOP formula against the matmuls of the traced step, its figures, and the
+step profiler's accounting."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import jax
 import pytest
 from jax.extend import core as jax_core
 
-from experiments import benchmark
+from experiments import benchmark, step_profile
 from ladder_jax import config, train
 
 TINY = {"layer_sizes": (784, 30, 20, 10), "noise_std": 0.3}
@@ -54,3 +55,25 @@ def test_benchmark_figures_are_consistent(mnist):
     assert figures["fraction_of_peak"] == pytest.approx(
         figures["achieved_gflops"] / figures["peak_gflops"])
     assert figures["peak_gflops"] > 0.1 and figures["final_loss_finite"]
+
+
+@pytest.mark.parametrize("preset", ["full_100", "gamma_100"])
+def test_profile_finds_every_matmul_of_the_step_once_per_step(preset, mnist):
+    """Per step the profile sees one run of each of the model's matmuls, and nothing else
+    marked as one: encoder L forward + L weight gradients + L - 1 input gradients (the
+    data needs none), 3 per decoder weight V (forward, weight and input gradient)."""
+    base = config.preset(preset)
+    weights = base.model.denoise_weights
+    cfg = base.replace(model={**TINY, "denoise_weights": (weights[0], weights[1], weights[2],
+                                                          weights[-1])})
+    steps = 3
+    figures = step_profile.profile(cfg, steps_per_call=steps, mnist=mnist)
+    num_layers = len(TINY["layer_sizes"]) - 1
+    decoder_weights = num_layers - cfg.model.lowest_decoded_layer
+    matmul_runs = [runs for _, runs, is_matmul in figures["ops"].values() if is_matmul]
+    assert sum(matmul_runs) == pytest.approx(3 * num_layers - 1 + 3 * decoder_weights)
+    assert all(runs == pytest.approx(1.0) for runs in matmul_runs)
+    assert 0 < figures["matmul_ms"] < figures["step_ms"]
+    assert figures["other_only_ms"] > 0 and figures["idle_ms"] >= 0
+    assert figures["matmul_ms"] + figures["other_only_ms"] + figures["idle_ms"] == (
+        pytest.approx(figures["step_ms"]))
