@@ -26,6 +26,7 @@ import resource
 import statistics
 import sys
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -94,9 +95,10 @@ def _timed(fn) -> float:
 
 
 def benchmark(cfg: TrainConfig, steps_per_call: int, repeats: int, peak_size: int,
-              mnist: data.Mnist | None = None) -> dict[str, float | str]:
+              mnist: data.Mnist | None = None, *, profile: bool = False) -> dict[str, Any]:
     """Times the runner's training call (train.run_steps) and the matmul peak; returns the
-    figures described in this module's docstring."""
+    figures described in this module's docstring. With ``profile``, 'profile' holds
+    step_profile.profile of one more call of the same experiment."""
     exp = train.build_experiment(cfg, mnist)
     state = train.init_state(cfg, exp.optimizer)
     start = time.perf_counter()
@@ -114,7 +116,7 @@ def benchmark(cfg: TrainConfig, steps_per_call: int, repeats: int, peak_size: in
     peak_best = max(peak.values())
     achieved = flops / step_s / 1e9
     examples = cfg.batch_size + (cfg.unlabeled_batch_size if cfg.uses_unlabeled else 0)
-    return {
+    figures: dict[str, Any] = {
         "preset_layers": "-".join(map(str, cfg.model.layer_sizes)),
         "device_kind": jax.devices()[0].device_kind,
         "num_devices": jax.device_count(),
@@ -134,6 +136,9 @@ def benchmark(cfg: TrainConfig, steps_per_call: int, repeats: int, peak_size: in
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "final_loss_finite": bool(np.all(np.isfinite(losses))),
     }
+    if profile:
+        figures["profile"] = step_profile.profile(exp, state, steps_per_call)
+    return figures
 
 
 def main(argv: list[str]) -> int:
@@ -141,19 +146,20 @@ def main(argv: list[str]) -> int:
     cfg = config_lib.preset(FLAGS.preset).replace(
         data_source=FLAGS.data_source, data_dir=FLAGS.data_dir)
     try:
-        figures = benchmark(cfg, FLAGS.steps_per_call, FLAGS.repeats, FLAGS.peak_size)
+        figures = benchmark(cfg, FLAGS.steps_per_call, FLAGS.repeats, FLAGS.peak_size,
+                            profile=FLAGS.profile)
     except data.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    profile = figures.pop("profile", None)
     figures["preset"] = FLAGS.preset
     figures["date"] = time.strftime("%Y-%m-%d")
     width = max(map(len, figures))
     for key, value in figures.items():
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown}")
-    if FLAGS.profile:
+    if profile is not None:
         print("\nprofile of one more call (ms per step):")
-        profile = step_profile.profile(cfg, FLAGS.steps_per_call)
         step_profile.print_profile(profile, FLAGS.top)
         figures["profile"] = {k: v for k, v in profile.items() if k != "ops"}
     if FLAGS.output:

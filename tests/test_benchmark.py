@@ -66,7 +66,8 @@ def test_profile_finds_every_matmul_of_the_step_once_per_step(preset, mnist):
     weights = base.model.denoise_weights
     cfg = base.replace(model={**TINY, "denoise_weights": (weights[0], weights[1], weights[2],
                                                           weights[-1])})
-    figures = step_profile.profile(cfg, steps_per_call=3, mnist=mnist)
+    exp = train.build_experiment(cfg, mnist)
+    figures = step_profile.profile(exp, train.init_state(cfg, exp.optimizer), steps_per_call=3)
     num_layers = len(TINY["layer_sizes"]) - 1
     decoder_weights = num_layers - cfg.model.lowest_decoded_layer
     matmul_runs = [runs for _, runs, is_matmul in figures["ops"].values() if is_matmul]
