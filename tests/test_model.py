@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend import core as jax_core
 from jax.flatten_util import ravel_pytree
 
 from ladder_jax import combinators, config, losses, model, train
@@ -571,6 +572,35 @@ def test_loss_gradient_matches_finite_differences(x64, weights, combinator):
                         - value_and_grad(flat - step * d)[0]) / (2 * step)
         scale = max(abs(analytic), 1e-3 * np.linalg.norm(grad))
         assert abs(analytic - numeric) <= 1e-5 * scale, (analytic, numeric)
+
+
+def test_bfloat16_matmuls_stay_close_to_float32_and_run_every_dot_in_bfloat16():
+    cfg = small_cfg(widths=(20, 16, 12, 10), weights=(1.0, 0.5, 0.3, 0.2))
+    bf16 = dataclasses.replace(cfg, matmul_dtype="bfloat16")
+    params = random_params(cfg, 21)
+    xl, y, xu = ladder_batch(cfg, 21)
+    key = jax.random.key(23)
+
+    def loss_and_grad(c):
+        return jax.value_and_grad(lambda p: losses.ladder_loss(p, c, xl, y, xu, key)[0])
+
+    (loss32, grad32), (loss16, grad16) = (jax.jit(loss_and_grad(c))(params) for c in (cfg, bf16))
+    flat32, flat16 = ravel_pytree(grad32)[0], ravel_pytree(grad16)[0]
+    # bfloat16 keeps 8 bits of mantissa: close to float32, but not the same numbers
+    assert 0 < abs(float(loss16) - float(loss32)) < 0.02 * abs(float(loss32))
+    assert 0 < float(jnp.linalg.norm(flat16 - flat32)) < 0.05 * float(jnp.linalg.norm(flat32))
+    # forward and backward: every matmul of the training gradient takes bfloat16 operands
+    def dot_generals(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                yield eqn
+            for sub in jax_core.jaxprs_in_params(eqn.params):
+                yield from dot_generals(sub)
+
+    dots = list(dot_generals(jax.make_jaxpr(loss_and_grad(bf16))(params).jaxpr))
+    operand_dtypes = {v.aval.dtype for e in dots for v in e.invars}
+    num_layers = len(cfg.layer_sizes) - 1
+    assert len(dots) >= 3 * num_layers and operand_dtypes == {jnp.dtype(jnp.bfloat16)}
 
 
 # ------------------------------------------------------------------------------ presets

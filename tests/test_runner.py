@@ -153,6 +153,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
         ("--denoise_weights=1,2", "denoise_weights"),
         ("--noise_std=-1", "noise_std"),
         ("--combinator=foo", "combinator"),
+        ("--matmul_dtype=float16", "matmul_dtype"),
         ("--epochs=0", "epochs"),
         ("--no_such_flag=1", "no_such_flag"),
         ("--data_source=idx", "data_dir"),
@@ -172,7 +173,7 @@ def test_bad_flags_fail_in_one_line(flag, expected, tmp_path):
 def test_helpfull_documents_every_flag():
     proc = run_cli("--helpfull", timeout=120)
     for name in ("workdir", "preset", "num_labels", "seed", "epochs", "max_steps", "batch_size",
-                 "lr", "noise_std", "denoise_weights", "combinator", "data_source", "data_dir",
+                 "lr", "noise_std", "denoise_weights", "combinator", "matmul_dtype", "data_source", "data_dir",
                  "eval_every", "checkpoint_every", "steps_per_call", "restart", "flagfile"):
         assert f"--{name}" in proc.stdout or f"--[no]{name}" in proc.stdout, name
 
