@@ -14,6 +14,10 @@ Figures (all from this one process):
   peak_gflops      best of a large float32 matmul in jax and in numpy, timed here and now
   fraction_of_peak achieved_gflops / peak_gflops (the peak is float32's, also for
                    --matmul_dtype=bfloat16, which is not the default computation)
+  matmuls_alone_ms the step's matmuls (each dot_general of the traced step), each compiled
+                   and timed alone, summed: the step's time if all else were free
+  fraction_if_only_matmuls  matmul_gflop / matmuls_alone_ms / peak_gflops: the most
+                   fraction_of_peak this step's matmul shapes allow here
   peak_rss_mib     the process's peak resident memory
 
 --profile then traces one more call and prints where the step's time goes
@@ -22,6 +26,7 @@ Figures (all from this one process):
 
 from __future__ import annotations
 
+import functools
 import json
 import resource
 import statistics
@@ -33,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from jax.extend import core as jax_core
 
 from experiments import step_profile
 from ladder_jax import config as config_lib
@@ -53,6 +59,8 @@ flags.DEFINE_enum("data_source", "pypi", list(data.SOURCES), "Where MNIST comes 
 flags.DEFINE_string("data_dir", None, "IDX directory or TFDS data_dir.")
 flags.DEFINE_bool("profile", False, "Also profile one call: time with a matmul running, time "
                   "with only other operations, idle time, and the costliest operations.")
+flags.DEFINE_bool("matmuls_alone", True, "Also time each matmul of the step alone "
+                  "(matmuls_alone_ms, fraction_if_only_matmuls; ~20 s).")
 flags.DEFINE_integer("top", 25, "With --profile, how many operations to list.", lower_bound=0)
 
 
@@ -91,6 +99,43 @@ def matmul_peak_gflops(size: int, repeats: int = 10) -> dict[str, float]:
     return {"jax": flops / best_jax / 1e9, "numpy": flops / best_np / 1e9}
 
 
+def step_dot_generals(exp: train.Experiment, state: train.TrainState) -> list:
+    """The dot_general equations of one traced training step (sub-jaxprs included)."""
+    labeled, unlabeled = train.batch_rows(exp, 0, 1)
+    closed = jax.make_jaxpr(exp.train_chunk)(state, exp.device_data, labeled, unlabeled,
+                                             train.noise_key(exp.cfg.seed))
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                yield eqn
+            for sub in jax_core.jaxprs_in_params(eqn.params):
+                yield from walk(sub)
+
+    return list(walk(closed.jaxpr))
+
+
+def matmuls_alone_ms(dots: list, calls: int = 20, repeats: int = 5) -> float:
+    """Sum over ``dots`` of each one's time compiled and run alone (its shapes, dtypes and
+    parameters; median of ``repeats`` x ``calls`` calls): the step's time if everything
+    but its matmuls were free."""
+    key = jax.random.key(0)
+    total = 0.0
+    for eqn in dots:
+        lhs, rhs = (jax.random.normal(key, v.aval.shape).astype(v.aval.dtype)
+                    for v in eqn.invars)
+        dot = jax.jit(functools.partial(jax.lax.dot_general_p.bind, **eqn.params))
+        dot(lhs, rhs).block_until_ready()
+
+        def run(dot=dot, lhs=lhs, rhs=rhs):
+            for _ in range(calls):
+                out = dot(lhs, rhs)
+            out.block_until_ready()
+
+        total += statistics.median(_timed(run) for _ in range(repeats)) / calls
+    return 1000 * total
+
+
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -98,7 +143,8 @@ def _timed(fn) -> float:
 
 
 def benchmark(cfg: TrainConfig, steps_per_call: int, repeats: int, peak_size: int,
-              mnist: data.Mnist | None = None, *, profile: bool = False) -> dict[str, Any]:
+              mnist: data.Mnist | None = None, *, profile: bool = False,
+              matmuls_alone: bool = True) -> dict[str, Any]:
     """Times the runner's training call (train.run_steps) and the matmul peak; returns the
     figures described in this module's docstring. With ``profile``, 'profile' holds
     step_profile.profile of one more call of the same experiment."""
@@ -137,6 +183,12 @@ def benchmark(cfg: TrainConfig, steps_per_call: int, repeats: int, peak_size: in
         "peak_gflops_numpy": peak["numpy"],
         "peak_gflops": peak_best,
         "fraction_of_peak": achieved / peak_best,
+    }
+    if matmuls_alone:
+        alone_ms = matmuls_alone_ms(step_dot_generals(exp, state))
+        figures["matmuls_alone_ms"] = alone_ms
+        figures["fraction_if_only_matmuls"] = flops / (alone_ms / 1000) / 1e9 / peak_best
+    figures |= {
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "final_loss_finite": bool(np.all(np.isfinite(losses))),
     }
@@ -152,7 +204,7 @@ def main(argv: list[str]) -> int:
         data_source=FLAGS.data_source, data_dir=FLAGS.data_dir)
     try:
         figures = benchmark(cfg, FLAGS.steps_per_call, FLAGS.repeats, FLAGS.peak_size,
-                            profile=FLAGS.profile)
+                            profile=FLAGS.profile, matmuls_alone=FLAGS.matmuls_alone)
     except data.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
