@@ -10,11 +10,13 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from ladder_jax.config import ConfigError, TrainConfig
 
@@ -60,29 +62,56 @@ def read_json(path: str) -> Any:
 
 
 def prepare(workdir: str, cfg: TrainConfig, restart: bool) -> None:
-    """Creates ``workdir`` and its config.json, or checks the existing one matches ``cfg``.
+    """Creates ``workdir`` and its config.json, or checks the existing one is the same run.
 
-    A workdir holding a different config and some progress is refused (ConfigError) unless
-    ``restart``, which deletes the old run's files first. A config alone (a run that failed
-    before its first step) is simply replaced.
+    A run is identified by ``cfg.identity()``: a workdir holding another run with some
+    progress is refused (ConfigError) unless ``restart``, which deletes the old run's files
+    first. Bookkeeping fields (config.BOOKKEEPING_FIELDS: max_steps, eval_every, ...) may
+    change: the run continues, and config.json's 'bookkeeping_history' records each change.
+    A config alone (a run that failed before its first step) is simply replaced.
     """
-    os.makedirs(workdir, exist_ok=True)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"workdir {workdir} is a file, not a directory; choose another "
+                          "--workdir") from None
     path = os.path.join(workdir, CONFIG_FILE)
-    if os.path.exists(path):
-        try:
-            existing = read_json(path)
-        except (OSError, json.JSONDecodeError):
-            existing = None
-        if existing != cfg.to_dict() and not restart and has_progress(workdir):
-            differing = _differences(existing, cfg.to_dict())
+    history: list[dict[str, Any]] = []
+    if os.path.exists(path) and restart:
+        clear(workdir)
+    elif os.path.exists(path):
+        old, history = _read_run_config(path)
+        if (old is None or old.identity() != cfg.identity()) and has_progress(workdir):
+            differing = _differences(None if old is None else old.identity(), cfg.identity())
             raise ConfigError(
                 f"workdir {workdir} holds a run with another config ({differing}); pass "
-                "--restart to discard it, or choose another --workdir"
-            )
-        if restart:
-            clear(workdir)
+                "--restart to discard it, or choose another --workdir")
+        if old is not None and old.identity() == cfg.identity():
+            changed = {k: [v, cfg.to_dict()[k]] for k, v in old.to_dict().items()
+                       if v != cfg.to_dict()[k]}
+            if changed:
+                history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                "changed": changed})
     if is_writer():
-        write_json_atomic(path, cfg.to_dict())
+        write_json_atomic(path, {**cfg.to_dict(), "bookkeeping_history": history})
+
+
+def _read_run_config(path: str) -> tuple[TrainConfig | None, list[dict[str, Any]]]:
+    """(the config in ``path``, its bookkeeping history); (None, []) if unreadable."""
+    try:
+        raw = read_json(path)
+        return TrainConfig.from_dict(raw), list(raw.get("bookkeeping_history", []))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None, []
+
+
+def read_config(workdir: str) -> TrainConfig:
+    """The TrainConfig of the run in ``workdir`` (ConfigError if missing or unreadable)."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    config, _ = _read_run_config(path)
+    if config is None:
+        raise ConfigError(f"{path} is missing or unreadable; is {workdir} a ladder_jax run?")
+    return config
 
 
 def has_progress(workdir: str) -> bool:
@@ -93,8 +122,8 @@ def has_progress(workdir: str) -> bool:
         or os.path.exists(os.path.join(workdir, RESULTS_FILE))
 
 
-def _differences(old: Any, new: dict[str, Any]) -> str:
-    if not isinstance(old, dict):
+def _differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    if old is None:
         return "unreadable config.json"
     flat_old, flat_new = _flatten(old), _flatten(new)
     keys = sorted(k for k in set(flat_old) | set(flat_new) if flat_old.get(k) != flat_new.get(k))
@@ -188,8 +217,9 @@ class Checkpoints:
     """orbax CheckpointManager over {'state': TrainState, 'bn_stats': ...} keyed by step."""
 
     def __init__(self, workdir: str, keep: int):
+        self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
         self.manager = ocp.CheckpointManager(
-            os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+            self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         )
 
@@ -205,6 +235,35 @@ class Checkpoints:
         step = self.latest_step() if step is None else step
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
         return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def restore_newest_intact(self, target: Any) -> tuple[Any, int] | None:
+        """(restored tree, step) of the newest checkpoint that reads back; None if there are
+        none. A checkpoint that cannot be read is reported in one warning line and moved
+        aside (``damaged-<step>``, kept for inspection, never overwritten); when every one
+        is damaged, ConfigError names the directory and suggests --restart."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for step in steps:
+            try:
+                return self.restore(target, step), step
+            except Exception as e:  # noqa: BLE001 - orbax/tensorstore/JSON raise many types
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+                logging.warning("checkpoint %d in %s cannot be read (%s); using an older one",
+                                step, self.directory, reason)
+                self._move_aside(step)
+        if steps:
+            raise ConfigError(f"no intact checkpoint in {self.directory}; pass --restart to "
+                              "start the run over")
+        return None
+
+    def _move_aside(self, step: int) -> None:
+        if not is_writer():
+            return
+        source = os.path.join(self.directory, str(step))
+        target = os.path.join(self.directory, f"damaged-{step}")
+        while os.path.exists(target):
+            target += "+"
+        os.replace(source, target)
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -1,0 +1,250 @@
+"""A job: K >= 1 models of one shape (configs that differ only in seed and label count),
+trained together by one compiled program over one device-resident copy of the data.
+
+With K = 1 the state is a plain TrainState and the program has no vmap (a single run is
+bit-identical to what it always was); with K > 1 every leaf of the state carries a leading
+model axis and the step is vmapped over it. Each model draws its batches, noise and labeled
+set from its own seed exactly as a single run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ladder_jax import datasets, models, parallel
+from ladder_jax.config import ConfigError, TrainConfig
+from ladder_jax.datasets import rows as rows_lib
+from ladder_jax.train_pkg import evaluate as eval_lib
+from ladder_jax.train_pkg import step as step_lib
+from ladder_jax.train_pkg.state import Schedule, TrainingDiverged, TrainState, init_state
+
+# Fields that may differ between the models of one job.
+PER_MODEL_FIELDS = ("seed", "num_labels")
+
+
+def shape_key(cfg: TrainConfig) -> str:
+    """Equal for configs that can train in one job: every field but seed and num_labels."""
+    d = cfg.to_dict()
+    for name in PER_MODEL_FIELDS:
+        d.pop(name)
+    return json.dumps(d, sort_keys=True)
+
+
+def model_name(cfg: TrainConfig) -> str:
+    """'seed<S>_labels<N>': how log lines and errors name a model of a job."""
+    return f"seed{cfg.seed}_labels{cfg.num_labels}"
+
+
+def check_models(cfgs: Sequence[TrainConfig]) -> None:
+    """Raises ConfigError unless ``cfgs`` can train as one job (see ``shape_key``)."""
+    if not cfgs:
+        raise ConfigError("a job needs at least one config")
+    first = cfgs[0].to_dict()
+    for cfg in cfgs[1:]:
+        if shape_key(cfg) != shape_key(cfgs[0]):
+            other = cfg.to_dict()
+            fields = sorted(k for k in first if k not in PER_MODEL_FIELDS and first[k] != other[k])
+            raise ConfigError(f"models of one job may differ only in "
+                              f"{' and '.join(PER_MODEL_FIELDS)}; {model_name(cfg)} also "
+                              f"differs in {', '.join(fields)}")
+    names = [model_name(c) for c in cfgs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"the job lists {', '.join(dupes)} more than once")
+
+
+def check_fits(cfg: TrainConfig, dataset: datasets.Dataset) -> None:
+    """ConfigError (one line) when the model or batch sizes do not fit the dataset."""
+    shapes = cfg.model.layer_shapes
+    image = tuple(dataset.image_shape)
+    if math.prod(shapes[0]) != math.prod(image) or (len(shapes[0]) > 1 and shapes[0] != image):
+        raise ConfigError(f"{dataset.name} images are {'x'.join(map(str, image))} but the "
+                          f"model's input is {'x'.join(map(str, shapes[0]))}; set the input "
+                          f"to {'x'.join(map(str, image))}")
+    if cfg.model.num_classes != dataset.num_classes:
+        raise ConfigError(f"{dataset.name} has {dataset.num_classes} classes but the model's "
+                          f"top layer has {cfg.model.num_classes} units")
+    available = len(dataset.train_labels) - cfg.num_validation
+    if cfg.num_validation >= len(dataset.train_labels):
+        raise ConfigError(f"num_validation={cfg.num_validation} leaves no training images "
+                          f"({dataset.name} has {len(dataset.train_labels)})")
+    if cfg.unlabeled_batch_size > available:
+        raise ConfigError(f"unlabeled_batch_size={cfg.unlabeled_batch_size} exceeds the "
+                          f"{available} unlabeled training images; use at most {available}")
+
+
+@dataclasses.dataclass
+class ModelRows:
+    """One model's rows of the training set: labeled, unlabeled (sorted), validation."""
+
+    labeled: jax.Array
+    unlabeled: jax.Array
+    validation: np.ndarray
+
+
+@dataclasses.dataclass
+class Job:
+    """What a job needs besides its TrainState (see the module docstring)."""
+
+    cfgs: list[TrainConfig]
+    dataset: datasets.Dataset
+    data: step_lib.DeviceData  # for training (global on a mesh)
+    local: step_lib.DeviceData  # on this process's default device (evaluation)
+    rows: list[ModelRows]
+    schedule: Schedule
+    optimizer: optax.GradientTransformation
+    noise_keys: Any  # a key (K = 1) or stacked key data [K, ...]
+    chunk: Callable[..., Any]
+    mesh: Any = None
+
+    @property
+    def num_models(self) -> int:
+        return len(self.cfgs)
+
+    @property
+    def stacked(self) -> bool:
+        return self.num_models > 1
+
+
+def load_dataset(cfg: TrainConfig) -> datasets.Dataset:
+    """The dataset a config names, from its source."""
+    return datasets.load(cfg.dataset, cfg.data_source, data_dir=cfg.data_dir)
+
+
+def build_job(cfgs: Sequence[TrainConfig], dataset: datasets.Dataset | None = None, *,
+              mesh: Any = None) -> Job:
+    """Loads the data (unless given), picks every model's rows, compiles the chunk."""
+    cfgs = list(cfgs)
+    check_models(cfgs)
+    cfg = cfgs[0]
+    dataset = load_dataset(cfg) if dataset is None else dataset
+    check_fits(cfg, dataset)
+    labels = np.asarray(dataset.train_labels, np.int32)
+    local = step_lib.DeviceData(jnp.asarray(dataset.train_images, jnp.uint8),
+                                jnp.asarray(labels), dataset.preprocessing)
+    data = local if mesh is None else parallel.replicate(local, mesh)
+    model_rows = []
+    for c in cfgs:
+        lab, train_rows, val_rows = rows_lib.index_sets(
+            labels, c.num_labels, c.num_validation, c.seed, dataset.num_classes)
+        model_rows.append(ModelRows(jnp.asarray(lab, jnp.int32),
+                                    jnp.asarray(np.sort(train_rows), jnp.int32), val_rows))
+    schedule = Schedule.of(cfg, int(model_rows[0].unlabeled.shape[0]))
+    keys = [rows_lib.noise_key(c.seed) for c in cfgs]
+    if len(cfgs) == 1:
+        noise_keys, key_impl = keys[0], None
+    else:
+        stacked = jnp.stack(keys)
+        noise_keys, key_impl = jax.random.key_data(stacked), str(jax.random.key_impl(stacked))
+        if mesh is not None:
+            noise_keys = parallel.to_global(noise_keys, parallel.replica_sharded(mesh))
+    optimizer, chunk = step_lib.make_chunk(cfg.model, cfg.lr, cfg.decay_start, cfg.epochs,
+                                           schedule.total_steps, len(cfgs), key_impl, mesh)
+    return Job(cfgs, dataset, data, local, model_rows, schedule, optimizer, noise_keys, chunk,
+               mesh)
+
+
+def _stack(trees: Sequence[Any]) -> Any:
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def place(job: Job, tree: Any) -> Any:
+    """A (stacked) host tree as the job's state is laid out: on the mesh, if there is one."""
+    if job.mesh is None:
+        return tree
+    if job.stacked:
+        return parallel.to_global(tree, parallel.replica_sharded(job.mesh))
+    return parallel.replicate(tree, job.mesh)
+
+
+def combine(job: Job, trees: Sequence[Any]) -> Any:
+    """Per-model trees -> the job's layout (stacked when K > 1), placed."""
+    return place(job, _stack(trees) if job.stacked else trees[0])
+
+
+def split(job: Job, tree: Any) -> list[Any]:
+    """The job's layout -> per-model trees on this process's default device."""
+    host = parallel.to_host(tree)
+    if not job.stacked:
+        return [jax.tree_util.tree_map(jnp.asarray, host)]
+    return [jax.tree_util.tree_map(lambda x, i=i: jnp.asarray(x[i]), host)
+            for i in range(job.num_models)]
+
+
+def init_job_state(job: Job) -> TrainState:
+    """The state at step 0: model i starts exactly as a single run of cfgs[i]."""
+    return combine(job, [init_state(c, job.optimizer) for c in job.cfgs])
+
+
+def current_step(job: Job, state: TrainState) -> int:
+    """The (common) step of every model."""
+    step = parallel.to_host(state.step)
+    return int(step[0] if job.stacked else step)
+
+
+def batch_rows(job: Job, first_step: int, num_steps: int) -> tuple[Any, Any]:
+    """Labeled and unlabeled rows of steps first_step .. + num_steps, per model as its
+    single run draws them: [num_steps, B] (K = 1) or [K, num_steps, B]."""
+    step = jnp.asarray(first_step, jnp.int32)
+    labeled, unlabeled = [], []
+    for cfg, r in zip(job.cfgs, job.rows):
+        labeled.append(rows_lib.index_stream(
+            rows_lib.stream_key(cfg.seed, rows_lib.LABELED_STREAM), r.labeled, step,
+            batch=cfg.batch_size, num_steps=num_steps))
+        if cfg.uses_unlabeled:
+            unlabeled.append(rows_lib.index_stream(
+                rows_lib.stream_key(cfg.seed, rows_lib.UNLABELED_STREAM), r.unlabeled, step,
+                batch=cfg.unlabeled_batch_size, num_steps=num_steps))
+    if not job.stacked:  # as a single run always did: default-device rows, also on a mesh
+        return labeled[0], (unlabeled[0] if unlabeled else None)
+    if job.mesh is None:
+        return jnp.stack(labeled), (jnp.stack(unlabeled) if unlabeled else None)
+    return (place(job, np.stack(labeled)),
+            place(job, np.stack(unlabeled)) if unlabeled else None)
+
+
+def run_steps(job: Job, state: TrainState, num_steps: int) -> tuple[TrainState, np.ndarray]:
+    """``num_steps`` steps of every model; the new state and losses [K, num_steps].
+
+    Raises TrainingDiverged naming the model and the first step whose loss is not finite.
+    """
+    first = current_step(job, state)
+    labeled, unlabeled = batch_rows(job, first, num_steps)
+    state, step_losses = job.chunk(state, job.data, labeled, unlabeled, job.noise_keys)
+    step_losses = np.asarray(parallel.to_host(step_losses)).reshape(job.num_models, num_steps)
+    for cfg, model_losses in zip(job.cfgs, step_losses):
+        bad = np.flatnonzero(~np.isfinite(model_losses))
+        if bad.size:
+            who = f"{model_name(cfg)}: " if job.stacked else ""
+            raise TrainingDiverged(
+                f"{who}loss became {model_losses[bad[0]]} at step {first + int(bad[0]) + 1}; "
+                "the run stopped and the last good checkpoint is kept (try a lower --lr)")
+    return state, step_losses
+
+
+def evaluate_model(job: Job, index: int, params: models.Params, stats_only: bool = False
+                   ) -> tuple[models.BnStats, dict[str, float]]:
+    """Population statistics of model ``index`` over its unlabeled set, then its test (and
+    validation) error. ``params`` lie on the default device (``split``)."""
+    cfg, d, r = job.cfgs[index], job.local, job.rows[index]
+    stats = eval_lib.population_stats(params, cfg.model, d.images, r.unlabeled, d.preprocessing)
+    if stats_only:
+        return stats, {}
+    ds = job.dataset
+    result = {"test_error": float(eval_lib.error_rate(
+        params, cfg.model, stats, jnp.asarray(ds.test_images), jnp.asarray(ds.test_labels),
+        d.preprocessing))}
+    if len(r.validation):
+        rows = jnp.asarray(r.validation)
+        result["val_error"] = float(eval_lib.error_rate(
+            params, cfg.model, stats, d.images[rows], d.labels[rows], d.preprocessing))
+    return stats, result
