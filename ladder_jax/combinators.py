@@ -78,12 +78,18 @@ def amlp_apply(p: Params, z_noisy: jax.Array, u: jax.Array) -> jax.Array:
     return jnp.einsum("bhw,hw->bw", hidden, p["w2"]) + p["b2"]
 
 
+#: The registry: name -> (init(key, width, hidden), apply). ModelConfig validates against it.
+_REGISTRY: dict[str, tuple[Callable[..., Params], Callable[..., jax.Array]]] = {
+    "gauss": (lambda key, width, hidden: gauss_init(key, width), gauss_apply),
+    "amlp": (amlp_init, amlp_apply),
+    "linear": (lambda key, width, hidden: linear_init(key, width), linear_apply),
+}
+NAMES = tuple(_REGISTRY)
+
+
 def get(name: str, amlp_hidden: int = 4) -> Combinator:
-    """The combinator called ``name`` ('gauss', 'amlp' or 'linear')."""
-    if name == "gauss":
-        return Combinator(gauss_init, gauss_apply)
-    if name == "linear":
-        return Combinator(linear_init, linear_apply)
-    if name == "amlp":
-        return Combinator(lambda key, width: amlp_init(key, width, amlp_hidden), amlp_apply)
-    raise ValueError(f"unknown combinator {name!r}; choose gauss, amlp or linear")
+    """The combinator called ``name`` (one of NAMES)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown combinator {name!r}; choose one of {', '.join(NAMES)}")
+    init, apply = _REGISTRY[name]
+    return Combinator(lambda key, width: init(key, width, amlp_hidden), apply)

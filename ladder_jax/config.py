@@ -13,13 +13,39 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
-COMBINATORS = ("gauss", "amlp", "linear")
 MATMUL_DTYPES = ("float32", "bfloat16")
+ACTIVATIONS = ("relu", "leakyrelu")
 PAPER_MNIST_WIDTHS = (784, 1000, 500, 250, 250, 250, 10)
+
+
+#: TrainConfig fields that do not change the numbers of the steps: a run resumes with other
+#: values of these (config.json keeps the history of such changes).
+BOOKKEEPING_FIELDS = ("max_steps", "eval_every", "checkpoint_every", "steps_per_call",
+                      "keep_checkpoints", "data_source", "data_dir")
+#: Keys of config.json that are not TrainConfig fields.
+NON_CONFIG_KEYS = ("bookkeeping_history",)
 
 
 class ConfigError(ValueError):
     """A configuration that cannot work; the message is one line naming the problem and fix."""
+
+
+def parse_num_labels(value: Any) -> int | str:
+    """A label count as the config keeps it: a positive int, or 'all' (from 'all', 'ALL',
+    -1 or '-1'); digit strings become ints. ConfigError (one line) for anything else."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("all", "-1"):
+            return "all"
+        if text.isdigit():
+            value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"num_labels={value!r} must be a positive integer or 'all'")
+    if value == -1:
+        return "all"
+    if value <= 0:
+        raise ConfigError(f"num_labels={value} must be positive (or 'all')")
+    return value
 
 
 def _as_float_tuple(value: float | Sequence[float], length: int, name: str) -> tuple[float, ...]:
@@ -40,9 +66,15 @@ def _as_float_tuple(value: float | Sequence[float], length: int, name: str) -> t
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """A ladder network over dense layers.
+    """A ladder network: its family (ladder_jax.models), layers, costs and noise.
 
-    layer_sizes: widths n_0 (input) .. n_L (classes).
+    family: 'mlp' (dense layers, ``layer_sizes``) or 'conv' (``conv_layers``).
+    layer_sizes: mlp widths n_0 (input) .. n_L (classes).
+    conv_layers: conv layer spec in the authors' syntax, e.g.
+        'convf:32:5:1:1-maxpool:2:2-...-globalmeanpool:6:6-fc:10' (models/conv.py).
+    input_shape: conv input H, W, C (the dataset's image shape).
+    activation: hidden-layer nonlinearity, 'relu' or 'leakyrelu' (slope 0.1).
+    top_c: conv: whether the top layer has the learned per-class scale gamma (authors' --top-c).
     denoise_weights: lambda_0 .. lambda_L (one per layer, input first); all zero = no decoder.
     noise_std: encoder noise std, one number or one per layer (input first).
     combinator: 'gauss' (the paper's), 'amlp' (Pezeshki et al. 2016) or 'linear'.
@@ -54,7 +86,12 @@ class ModelConfig:
         AVX512-BF16; BUILD_NOTES.md has its measured speed and accuracy).
     """
 
+    family: str = "mlp"
     layer_sizes: tuple[int, ...] = PAPER_MNIST_WIDTHS
+    conv_layers: str = ""
+    input_shape: tuple[int, ...] = (28, 28, 1)
+    activation: str = "relu"
+    top_c: bool = True
     denoise_weights: tuple[float, ...] = (1000.0, 10.0, 0.1, 0.1, 0.1, 0.1, 0.1)
     noise_std: tuple[float, ...] = (0.3,) * 7
     combinator: str = "gauss"
@@ -63,23 +100,14 @@ class ModelConfig:
     matmul_dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        try:
-            sizes = tuple(operator.index(s) for s in self.layer_sizes)
-        except TypeError:
-            raise ConfigError(
-                f"layer_sizes={self.layer_sizes!r} must be whole numbers, e.g. 784,1000,10"
-            ) from None
-        if len(sizes) < 2:
-            raise ConfigError(
-                f"layer_sizes={sizes} needs at least an input and an output width, "
-                "e.g. 784,1000,10"
-            )
-        if any(s <= 0 for s in sizes):
-            raise ConfigError(f"layer_sizes={sizes} has a non-positive width; widths must be >= 1")
-        if sizes[-1] < 2:
-            raise ConfigError(f"the output layer has {sizes[-1]} unit; a classifier needs >= 2")
-        object.__setattr__(self, "layer_sizes", sizes)
-        n = len(sizes)
+        from ladder_jax import combinators, models  # they need this module's types
+
+        family = models.family(self.family)  # ConfigError for an unknown family
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown activation {self.activation!r}; choose one of "
+                              f"{', '.join(ACTIVATIONS)}")
+        family.validate(self)
+        n = len(family.layer_shapes(self))
         weights = _as_float_tuple(self.denoise_weights, n, "denoise_weights")
         noise = _as_float_tuple(self.noise_std, n, "noise_std")
         if not all(w >= 0 for w in weights):  # also refuses NaN
@@ -88,10 +116,9 @@ class ModelConfig:
             raise ConfigError(f"noise_std={noise} has a negative std; use >= 0")
         object.__setattr__(self, "denoise_weights", weights)
         object.__setattr__(self, "noise_std", noise)
-        if self.combinator not in COMBINATORS:
-            raise ConfigError(
-                f"unknown combinator {self.combinator!r}; choose one of {', '.join(COMBINATORS)}"
-            )
+        if self.combinator not in combinators.NAMES:
+            raise ConfigError(f"unknown combinator {self.combinator!r}; choose one of "
+                              f"{', '.join(combinators.NAMES)}")
         if self.amlp_hidden < 1:
             raise ConfigError(f"amlp_hidden={self.amlp_hidden} must be >= 1")
         if not self.bn_eps >= 0:
@@ -101,9 +128,21 @@ class ModelConfig:
                               f"{', '.join(MATMUL_DTYPES)}")
 
     @property
+    def layer_shapes(self) -> list[tuple[int, ...]]:
+        """Per-example shape of z_l for l = 0 (input) .. L (the family computes them)."""
+        from ladder_jax import models
+
+        return models.family(self.family).layer_shapes(self)
+
+    @property
     def num_layers(self) -> int:
-        """L: the number of weight layers (layer_sizes has L + 1 entries)."""
-        return len(self.layer_sizes) - 1
+        """L: the number of layers above the input."""
+        return len(self.layer_shapes) - 1
+
+    @property
+    def num_classes(self) -> int:
+        """Width of the top layer."""
+        return self.layer_shapes[-1][-1]
 
     @property
     def lowest_decoded_layer(self) -> int | None:
@@ -127,6 +166,9 @@ class TrainConfig:
     checkpoint_every: steps between checkpoints (0 = only at evaluations and the end).
     steps_per_call: training steps run by one compiled call (lax.scan).
     num_validation: training images held out (class-balanced) as a validation split.
+    dataset: a name of ladder_jax.datasets ('mnist', 'fashion_mnist', 'cifar10').
+    data_source: where the dataset comes from (None: its default source); data_dir: the
+        directory that source reads, if any.
     """
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -143,25 +185,13 @@ class TrainConfig:
     keep_checkpoints: int = 3
     steps_per_call: int = 100
     num_validation: int = 0
-    data_source: str = "pypi"
+    dataset: str = "mnist"
+    data_source: str | None = None
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
-        labels = self.num_labels
-        if isinstance(labels, str):
-            if labels.strip().lower() in ("all", "-1"):
-                labels = "all"
-            elif labels.strip().isdigit():
-                labels = int(labels)
-            else:
-                raise ConfigError(f"num_labels={labels!r} must be a positive integer or 'all'")
-        if isinstance(labels, bool) or not isinstance(labels, int | str):
-            raise ConfigError(f"num_labels={labels!r} must be a positive integer or 'all'")
-        if labels == -1:
-            labels = "all"
-        if isinstance(labels, int) and labels <= 0:
-            raise ConfigError(f"num_labels={labels} must be positive (or 'all')")
-        classes = self.model.layer_sizes[-1]
+        labels = parse_num_labels(self.num_labels)
+        classes = self.model.num_classes
         if isinstance(labels, int) and labels % classes:
             raise ConfigError(
                 f"num_labels={labels} is not divisible by {classes} classes; the labeled set "
@@ -198,12 +228,27 @@ class TrainConfig:
         """A JSON-ready dict (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
+    def identity(self) -> dict[str, Any]:
+        """What identifies a run: ``to_dict`` without BOOKKEEPING_FIELDS (those may change
+        when a run resumes; everything here changes the numbers of the steps)."""
+        d = self.to_dict()
+        for name in BOOKKEEPING_FIELDS:
+            d.pop(name)
+        return d
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Inverse of ``to_dict``."""
-        d = dict(d)
+        """Inverse of ``to_dict``. Fields missing from ``d`` (a config written before they
+        existed) take their defaults; unknown fields raise ConfigError."""
+        d = {k: v for k, v in d.items() if k not in NON_CONFIG_KEYS}
+        model_dict = dict(d.pop("model", {}))
+        for given, cls_ in ((d, cls), (model_dict, ModelConfig)):
+            unknown = set(given) - {f.name for f in dataclasses.fields(cls_)} - {"model"}
+            if unknown:
+                raise ConfigError(f"unknown config field(s) {', '.join(sorted(unknown))} "
+                                  "(written by another version of ladder_jax?)")
         model = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
-                               for k, v in d.pop("model").items()})
+                               for k, v in model_dict.items()})
         return cls(model=model, **d)
 
 
@@ -227,6 +272,9 @@ PRESETS: dict[str, TrainConfig] = {
     "bottom_100": _paper_mnist((5000.0,) + (0.0,) * 6, 0.3, 100),
     "gamma_100": _paper_mnist(_TOP_ONLY + (0.5,), 0.3, 100),
     "baseline_100": _paper_mnist((0.0,) * 7, 0.5, 100),
+    "baseline_1000": _paper_mnist((0.0,) * 7, 0.5, 1000),
+    "baseline_all": _paper_mnist((0.0,) * 7, 0.5, "all"),
+    "amlp_100": _paper_mnist(_SEMI_WEIGHTS_100, 0.3, 100).replace(model={"combinator": "amlp"}),
 }
 
 

@@ -1,27 +1,29 @@
 """Speed of one training step through the runner's own compiled code, against this machine's
 measured matmul peak, in one run.
 
-    python -m experiments.benchmark                  # the paper's MNIST-100 full ladder
-    python -m experiments.benchmark --preset=baseline_100 --output=bench.json
+    python -m experiments.measure.benchmark            # the paper's MNIST-100 full ladder
+    python -m experiments.measure.benchmark --preset=conv_small_gamma_100 --output=bench.json
 
 Figures (all from this one process):
   compile_s        time to trace and compile the K-step training call: the first call's
                    time minus K steady-state steps
   ms_per_step      median over --repeats calls of K = --steps_per_call steps, divided by K
   examples_per_s   (labeled + unlabeled examples per step) / step time
-  matmul_gflop     matmul FLOPs of one step, counted by formula (see step_matmul_flops)
+  matmul_gflop     matmul and convolution FLOPs of one step, counted by the model family's
+                   formula (ladder_jax.models.step_flops)
   achieved_gflops  matmul_gflop / step time
   peak_gflops      best of a large float32 matmul in jax and in numpy, timed here and now
   fraction_of_peak achieved_gflops / peak_gflops (the peak is float32's, also for
                    --matmul_dtype=bfloat16, which is not the default computation)
-  matmuls_alone_ms the step's matmuls (each dot_general of the traced step), each compiled
+  matmuls_alone_ms the step's matmuls and convolutions (each dot_general and
+                   conv_general_dilated of the traced step), each compiled
                    and timed alone, summed: the step's time if all else were free
   fraction_if_only_matmuls  matmul_gflop / matmuls_alone_ms / peak_gflops: the most
                    fraction_of_peak this step's matmul shapes allow here
   peak_rss_mib     the process's peak resident memory
 
 --profile then traces one more call and prints where the step's time goes
-(experiments/step_profile.py explains its figures).
+(experiments/measure/step_profile.py explains its figures).
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import functools
 import json
 import resource
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -40,50 +41,35 @@ import numpy as np
 from absl import app, flags
 from jax.extend import core as jax_core
 
-from experiments import step_profile
-from ladder_jax import config as config_lib
-from ladder_jax import data, train
+from experiments import common, shared_flags
+from experiments.measure import step_profile
+from ladder_jax import config, models, train
 from ladder_jax.config import TrainConfig
+from ladder_jax.train import job as job_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("preset", "full_100", list(config_lib.PRESETS), "Configuration to time.")
 flags.DEFINE_integer("steps_per_call", 100, "Steps per compiled call (K).", lower_bound=1)
 flags.DEFINE_integer("repeats", 5, "Timed calls after a warm-up call; the median counts.",
                      lower_bound=1)
 flags.DEFINE_integer("peak_size", 2048, "Side of the square matmul that measures the peak.",
                      lower_bound=128)
-flags.DEFINE_enum("matmul_dtype", "float32", list(config_lib.MATMUL_DTYPES),
-                  "Matmul operands (bfloat16: the off-by-default option; see ModelConfig).")
 flags.DEFINE_string("output", None, "Write the figures as JSON to this file.")
-flags.DEFINE_enum("data_source", "pypi", list(data.SOURCES), "Where MNIST comes from.")
-flags.DEFINE_string("data_dir", None, "IDX directory or TFDS data_dir.")
 flags.DEFINE_bool("profile", False, "Also profile one call: time with a matmul running, time "
                   "with only other operations, idle time, and the costliest operations.")
-flags.DEFINE_bool("matmuls_alone", True, "Also time each matmul of the step alone "
+flags.DEFINE_bool("matmuls_alone", True, "Also time each matmul/convolution of the step alone "
                   "(matmuls_alone_ms, fraction_if_only_matmuls; ~20 s).")
 flags.DEFINE_integer("top", 25, "With --profile, how many operations to list.", lower_bound=0)
+shared_flags.define_model_flags()
+shared_flags.define_data_flags(per_run=False)
+shared_flags.install_grouped_help()
+
+CONTRACTIONS = ("dot_general", "conv_general_dilated")
 
 
-def step_matmul_flops(cfg: TrainConfig) -> int:
-    """Matmul FLOPs of one training step (2 per multiply-add).
-
-    Forward: the encoder runs R = Nl + 2 Nu rows (corrupted labeled, corrupted unlabeled,
-    clean unlabeled; R = Nl without a decoder) through each W_l (n_(l-1) x n_l); the
-    decoder runs Nu rows through each V_l it has (n_l x n_(l-1)).
-        F = sum_l 2 R n_(l-1) n_l + sum_(decoded l) 2 Nu n_l n_(l-1)
-    Backward: one weight-gradient matmul per forward matmul (F again) and one
-    input-gradient matmul per forward matmul except the first encoder layer, whose input
-    (the data) needs no gradient: F - 2 R n_0 n_1.   Total = 3F - 2 R n_0 n_1.
-    """
-    sizes = cfg.model.layer_sizes
-    nl, nu = cfg.batch_size, cfg.unlabeled_batch_size
-    lowest = cfg.model.lowest_decoded_layer
-    rows = nl + 2 * nu if lowest is not None else nl
-    forward = sum(2 * rows * sizes[i] * sizes[i + 1] for i in range(len(sizes) - 1))
-    if lowest is not None:
-        forward += sum(2 * nu * sizes[layer] * sizes[layer - 1]
-                       for layer in range(lowest + 1, len(sizes)))
-    return 3 * forward - 2 * rows * sizes[0] * sizes[1]
+def step_flops(cfg: TrainConfig) -> int:
+    """Counted matmul/convolution FLOPs of one training step of ``cfg``."""
+    unlabeled = cfg.unlabeled_batch_size if cfg.uses_unlabeled else 0
+    return models.step_flops(cfg.model, cfg.batch_size, unlabeled)
 
 
 def matmul_peak_gflops(size: int, repeats: int = 10) -> dict[str, float]:
@@ -99,15 +85,15 @@ def matmul_peak_gflops(size: int, repeats: int = 10) -> dict[str, float]:
     return {"jax": flops / best_jax / 1e9, "numpy": flops / best_np / 1e9}
 
 
-def step_dot_generals(exp: train.Experiment, state: train.TrainState) -> list:
-    """The dot_general equations of one traced training step (sub-jaxprs included)."""
-    labeled, unlabeled = train.batch_rows(exp, 0, 1)
-    closed = jax.make_jaxpr(exp.train_chunk)(state, exp.device_data, labeled, unlabeled,
-                                             train.noise_key(exp.cfg.seed))
+def step_contractions(job: job_lib.Job, state: train.TrainState) -> list:
+    """The dot_general and conv_general_dilated equations of one traced training step
+    (sub-jaxprs included)."""
+    labeled, unlabeled = job_lib.batch_rows(job, 0, 1)
+    closed = jax.make_jaxpr(job.chunk)(state, job.data, labeled, unlabeled, job.noise_keys)
 
     def walk(jaxpr):
         for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "dot_general":
+            if eqn.primitive.name in CONTRACTIONS:
                 yield eqn
             for sub in jax_core.jaxprs_in_params(eqn.params):
                 yield from walk(sub)
@@ -124,7 +110,7 @@ def matmuls_alone_ms(dots: list, calls: int = 20, repeats: int = 5) -> float:
     for eqn in dots:
         lhs, rhs = (jax.random.normal(key, v.aval.shape).astype(v.aval.dtype)
                     for v in eqn.invars)
-        dot = jax.jit(functools.partial(jax.lax.dot_general_p.bind, **eqn.params))
+        dot = jax.jit(functools.partial(eqn.primitive.bind, **eqn.params))
         dot(lhs, rhs).block_until_ready()
 
         def run(dot=dot, lhs=lhs, rhs=rhs):
@@ -143,30 +129,31 @@ def _timed(fn) -> float:
 
 
 def benchmark(cfg: TrainConfig, steps_per_call: int, repeats: int, peak_size: int,
-              mnist: data.Mnist | None = None, *, profile: bool = False,
+              dataset=None, *, profile: bool = False,
               matmuls_alone: bool = True) -> dict[str, Any]:
-    """Times the runner's training call (train.run_steps) and the matmul peak; returns the
+    """Times the runner's training call (job.run_steps) and the matmul peak; returns the
     figures described in this module's docstring. With ``profile``, 'profile' holds
-    step_profile.profile of one more call of the same experiment."""
-    exp = train.build_experiment(cfg, mnist)
-    state = train.init_state(cfg, exp.optimizer)
+    step_profile.profile of one more call of the same job."""
+    job = train.build_job([cfg], dataset)
+    state = job_lib.init_job_state(job)
     start = time.perf_counter()
-    state, _ = train.run_steps(exp, state, steps_per_call)  # compiles, then runs K steps
+    state, _ = job_lib.run_steps(job, state, steps_per_call)  # compiles, then runs K steps
     first_call_s = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        state, losses = train.run_steps(exp, state, steps_per_call)
+        state, losses = job_lib.run_steps(job, state, steps_per_call)
         times.append((time.perf_counter() - start) / steps_per_call)
     step_s = statistics.median(times)
     compile_s = first_call_s - steps_per_call * step_s
-    flops = step_matmul_flops(cfg)
+    flops = step_flops(cfg)
     peak = matmul_peak_gflops(peak_size)
     peak_best = max(peak.values())
     achieved = flops / step_s / 1e9
     examples = cfg.batch_size + (cfg.unlabeled_batch_size if cfg.uses_unlabeled else 0)
     figures: dict[str, Any] = {
-        "preset_layers": "-".join(map(str, cfg.model.layer_sizes)),
+        "model": cfg.model.conv_layers if cfg.model.family == "conv"
+        else "-".join(map(str, cfg.model.layer_sizes)),
         "matmul_dtype": cfg.model.matmul_dtype,
         "device_kind": jax.devices()[0].device_kind,
         "num_devices": jax.device_count(),
@@ -185,7 +172,7 @@ def benchmark(cfg: TrainConfig, steps_per_call: int, repeats: int, peak_size: in
         "fraction_of_peak": achieved / peak_best,
     }
     if matmuls_alone:
-        alone_ms = matmuls_alone_ms(step_dot_generals(exp, state))
+        alone_ms = matmuls_alone_ms(step_contractions(job, state))
         figures["matmuls_alone_ms"] = alone_ms
         figures["fraction_if_only_matmuls"] = flops / (alone_ms / 1000) / 1e9 / peak_best
     figures |= {
@@ -193,21 +180,15 @@ def benchmark(cfg: TrainConfig, steps_per_call: int, repeats: int, peak_size: in
         "final_loss_finite": bool(np.all(np.isfinite(losses))),
     }
     if profile:
-        figures["profile"] = step_profile.profile(exp, state, steps_per_call)
+        figures["profile"] = step_profile.profile(job, state, steps_per_call)
     return figures
 
 
-def main(argv: list[str]) -> int:
+def run(argv: list[str]) -> int:
     del argv
-    cfg = config_lib.preset(FLAGS.preset).replace(
-        model={"matmul_dtype": FLAGS.matmul_dtype},
-        data_source=FLAGS.data_source, data_dir=FLAGS.data_dir)
-    try:
-        figures = benchmark(cfg, FLAGS.steps_per_call, FLAGS.repeats, FLAGS.peak_size,
-                            profile=FLAGS.profile, matmuls_alone=FLAGS.matmuls_alone)
-    except data.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    cfg = shared_flags.config_from_flags(config.preset(FLAGS.preset))
+    figures = benchmark(cfg, FLAGS.steps_per_call, FLAGS.repeats, FLAGS.peak_size,
+                        profile=FLAGS.profile, matmuls_alone=FLAGS.matmuls_alone)
     profile = figures.pop("profile", None)
     figures["preset"] = FLAGS.preset
     figures["date"] = time.strftime("%Y-%m-%d")
@@ -224,6 +205,8 @@ def main(argv: list[str]) -> int:
             json.dump(figures, f, indent=2)
     return 0
 
+
+main = common.entry_point(run)
 
 if __name__ == "__main__":
     app.run(main)

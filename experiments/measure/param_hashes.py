@@ -18,7 +18,7 @@ from absl import app, flags
 
 from experiments import common
 from ladder_jax import config as config_lib
-from ladder_jax import data, replicas, train
+from ladder_jax import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 30, "Training steps per run.", lower_bound=1)
@@ -32,22 +32,24 @@ def params_sha256(params) -> str:
     return digest.hexdigest()
 
 
-def main(argv: list[str]) -> None:
+def run(argv: list[str]) -> int:
     del argv
-    common.quiet_library_logs()
-    mnist = data.load_mnist()
+    dataset = train.load_dataset(config_lib.preset("full_100"))
     for name in ("full_100", "gamma_100", "baseline_100"):
         cfg = config_lib.preset(name).replace(max_steps=FLAGS.steps)
         with tempfile.TemporaryDirectory() as workdir:
-            run = train.train_and_evaluate(cfg, workdir, mnist=mnist)
-        print(f"{name:<22} {params_sha256(run.state.params)}")
+            result = train.train_and_evaluate(cfg, workdir, dataset=dataset)
+        print(f"{name:<22} {params_sha256(result.state.params)}")
     cfgs = [config_lib.preset("full_100").replace(max_steps=FLAGS.steps, seed=s)
             for s in range(3)]
     with tempfile.TemporaryDirectory() as workdir:
-        runs = replicas.train_replicas_and_evaluate(cfgs, workdir, mnist)
+        runs = train.train_group(cfgs, workdir, dataset)
     stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *[r.state.params for r in runs])
     print(f"{'full_100 x3 replicas':<22} {params_sha256(stacked)}")
+    return 0
 
+
+main = common.entry_point(run)
 
 if __name__ == "__main__":
     app.run(main)

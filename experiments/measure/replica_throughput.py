@@ -1,10 +1,10 @@
 """Throughput of K replicas in one compiled program vs K solo runs, timed in one process.
 
-    python -m experiments.replica_throughput                       # paper widths, K=3
-    python -m experiments.replica_throughput --num_replicas=3 --steps=300 --rounds=2
+    python -m experiments.measure.replica_throughput                       # paper widths, K=3
+    python -m experiments.measure.replica_throughput --num_replicas=3 --steps=300 --rounds=2
 
 Each round times ``steps`` training steps of every solo run (seeds 0..K-1, one after the
-other) and then ``steps`` steps of the K-replica group (ladder_jax.replicas), after a
+other) and then ``steps`` steps of the K-model job (ladder_jax.train.job), after a
 compile/warm-up chunk that is not timed. Rounds alternate so a shared machine's load hits
 both; the ratio of the two, measured in the same run, is the number to quote.
 """
@@ -18,8 +18,10 @@ import time
 import jax
 from absl import app, flags
 
+from experiments import common
 from ladder_jax import config as config_lib
-from ladder_jax import data, replicas, train
+from ladder_jax import train
+from ladder_jax.train import job as job_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_replicas", 3, "K: models in the group / solo runs.", lower_bound=1)
@@ -53,22 +55,21 @@ def _run_chunks(step_fn, state, steps: int, per_call: int):
     return state, losses
 
 
-def main(argv: list[str]) -> None:
+def run(argv: list[str]) -> int:
     del argv
     k, steps, per_call = FLAGS.num_replicas, FLAGS.steps, FLAGS.steps_per_call
     cfgs = [_config(seed) for seed in range(k)]
-    mnist = data.load_mnist(cfgs[0].data_source, data_dir=cfgs[0].data_dir)
-
-    exps = [train.build_experiment(c, mnist) for c in cfgs]
-    solo_states = [train.init_state(c, e.optimizer) for c, e in zip(cfgs, exps)]
-    group = replicas.build_group(cfgs, mnist)
-    group_state = replicas.init_group_state(group)
+    dataset = train.load_dataset(cfgs[0])
+    solos = [train.build_job([c], dataset) for c in cfgs]
+    solo_states = [job_lib.init_job_state(j) for j in solos]
+    group = train.build_job(cfgs, dataset)
+    group_state = job_lib.init_job_state(group)
 
     def solo_step(i):
-        return lambda s, n: train.run_steps(exps[i], s, n)
+        return lambda s, n: job_lib.run_steps(solos[i], s, n)
 
     def group_step(s, n):
-        return replicas.run_group_steps(group, s, n)
+        return job_lib.run_steps(group, s, n)
 
     t0 = time.time()  # compile + one warm-up chunk each (not timed)
     for i in range(k):
@@ -110,7 +111,10 @@ def main(argv: list[str]) -> None:
     if FLAGS.output:
         with open(FLAGS.output, "w") as f:
             json.dump(result, f, indent=2)
+    return 0
 
+
+main = common.entry_point(run)
 
 if __name__ == "__main__":
     app.run(main)

@@ -2,7 +2,7 @@
 
     python -m experiments.benchmark --profile          # timing, then this profile
 
-Compiles the runner's K-step call (train.Experiment.train_chunk), runs it twice, then runs it
+Compiles the runner's K-step call (train.Job.chunk), runs it twice, then runs it
 once more under jax.profiler and reads the trace back (jax.profiler.ProfileData). XLA:CPU
 records one event per executed operation (a "thunk"); the dots it runs asynchronously
 (Eigen) record a start event and an "end: <name>" event, so their span runs from one to the
@@ -27,6 +27,7 @@ import tempfile
 import jax
 
 from ladder_jax import train
+from ladder_jax.train import job as job_lib
 
 
 def matmul_ops(hlo_text: str) -> tuple[set[str], set[str]]:
@@ -90,15 +91,16 @@ def op_spans(trace_file: str, asynchronous: set[str]) -> list[tuple[int, int, st
     return spans
 
 
-def profile(exp: train.Experiment, state: train.TrainState, steps_per_call: int) -> dict:
+def profile(job: job_lib.Job, state: train.TrainState, steps_per_call: int) -> dict:
     """Figures of the module docstring plus 'ops': {name: (ms per step, runs per step,
     is_matmul)} for one traced call of ``steps_per_call`` steps from ``state``.
 
     The call is compiled here once more (lower().compile()): the profile needs the compiled
     HLO's operation names, which the runner's cached executable does not expose."""
-    labeled, unlabeled = train.batch_rows(exp, int(state.step), steps_per_call)
-    args = (exp.device_data, labeled, unlabeled, train.noise_key(exp.cfg.seed))
-    compiled = exp.train_chunk.lower(state, *args).compile()
+    labeled, unlabeled = job_lib.batch_rows(job, job_lib.current_step(job, state),
+                                            steps_per_call)
+    args = (job.data, labeled, unlabeled, job.noise_keys)
+    compiled = job.chunk.lower(state, *args).compile()
     matmuls, dots = matmul_ops(compiled.as_text())
     for _ in range(2):
         state, losses = compiled(state, *args)

@@ -20,12 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ladder_jax import datasets, models, parallel
+from ladder_jax import datasets, models, parallel, platform
 from ladder_jax.config import ConfigError, TrainConfig
 from ladder_jax.datasets import rows as rows_lib
-from ladder_jax.train_pkg import evaluate as eval_lib
-from ladder_jax.train_pkg import step as step_lib
-from ladder_jax.train_pkg.state import Schedule, TrainingDiverged, TrainState, init_state
+from ladder_jax.train import evaluate as eval_lib
+from ladder_jax.train import step as step_lib
+from ladder_jax.train.state import Schedule, TrainingDiverged, TrainState, init_state
 
 # Fields that may differ between the models of one job.
 PER_MODEL_FIELDS = ("seed", "num_labels")
@@ -123,6 +123,7 @@ def load_dataset(cfg: TrainConfig) -> datasets.Dataset:
 def build_job(cfgs: Sequence[TrainConfig], dataset: datasets.Dataset | None = None, *,
               mesh: Any = None) -> Job:
     """Loads the data (unless given), picks every model's rows, compiles the chunk."""
+    platform.setup()  # idempotent: the runners did it at start-up; notebooks get it here
     cfgs = list(cfgs)
     check_models(cfgs)
     cfg = cfgs[0]

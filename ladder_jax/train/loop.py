@@ -20,10 +20,10 @@ from absl import logging
 
 from ladder_jax import datasets, models, parallel
 from ladder_jax.config import ConfigError, TrainConfig
-from ladder_jax.train_pkg import evaluate as eval_lib
-from ladder_jax.train_pkg import job as job_lib
-from ladder_jax.train_pkg import workdir as wd
-from ladder_jax.train_pkg.state import (TrainState, learning_rate_schedule, reset_metrics)
+from ladder_jax.train import evaluate as eval_lib
+from ladder_jax.train import job as job_lib
+from ladder_jax.train import workdir as wd
+from ladder_jax.train.state import (TrainState, learning_rate_schedule, reset_metrics)
 
 GROUP_FILE = "replicas.json"
 
@@ -323,7 +323,7 @@ def load_run(workdir: str, step: int | None = None
              ) -> tuple[TrainConfig, TrainState, models.BnStats]:
     """A single run's config, train state and population statistics (default: the newest
     intact checkpoint; the statistics are those of the checkpoint's own parameters)."""
-    from ladder_jax.train_pkg.state import init_state, make_optimizer
+    from ladder_jax.train.state import init_state, make_optimizer
 
     cfg = wd.read_config(workdir)
     checkpoints = wd.Checkpoints(workdir, cfg.keep_checkpoints)

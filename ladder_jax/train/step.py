@@ -16,7 +16,7 @@ import optax
 from ladder_jax import losses, models, parallel
 from ladder_jax.config import ModelConfig
 from ladder_jax.datasets import base as datasets_base
-from ladder_jax.train_pkg.state import TrainState, make_optimizer
+from ladder_jax.train.state import TrainState, make_optimizer
 
 
 class DeviceData(NamedTuple):

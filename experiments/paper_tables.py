@@ -1,0 +1,59 @@
+"""The paper's tables with seeds: every row x --seeds, full schedules, the seeds of a row as
+replicas in one compiled program, resumable cell by cell.
+
+    python -m experiments.paper_tables                        # every row, 5 seeds (days on a CPU)
+    python -m experiments.paper_tables --rows=full_100,baseline_100 --seeds=0,1,2,3,4
+
+Writes <table_dir>/results.csv, summary.md (mean ± sample std and n per row, beside the
+published figure and the difference) and test_error_curves.png (median and min-max band
+over seeds per row, log y). Re-running skips finished cells and resumes the others.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from absl import app, flags
+
+from experiments import common, shared_flags
+from ladder_jax import config, references, sweep
+
+FLAGS = flags.FLAGS
+
+#: The rows, in the paper's order: permutation-invariant MNIST, then the conv models.
+MLP_ROWS = ["full_100", "full_1000", "full_all", "bottom_100", "gamma_100", "baseline_100",
+            "baseline_1000", "baseline_all", "amlp_100"]
+CONV_ROWS = [r for r in ("conv_small_gamma_100", "conv_fc_100", "conv_small_baseline_100")
+             if r in config.PRESETS]
+
+flags.DEFINE_string("table_dir", "runs/paper_tables", "Directory of the table: one workdir per "
+                    "cell (<family>_labels<N>_seed<S>) plus results.csv, summary.md and "
+                    "test_error_curves.png.")
+flags.DEFINE_list("rows", MLP_ROWS + CONV_ROWS, "Presets to run, one table row each: "
+                  + ", ".join(config.PRESETS) + ".")
+flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds of every row.")
+shared_flags.define_data_flags(per_run=False)
+shared_flags.define_schedule_flags()
+shared_flags.define_output_flags()
+shared_flags.install_grouped_help()
+
+
+def run(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
+    command = shlex.join(["python", "-m", "experiments.paper_tables", *sys.argv[1:]])
+    seeds = shared_flags.ints_flag("seeds")
+    cells = sweep.build_table(FLAGS.rows, seeds, **shared_flags.train_changes_from_flags())
+    outcome = sweep.run_sweep(
+        cells, FLAGS.table_dir, run_group=sweep.run_cells_as_replicas,
+        report=lambda results, final: sweep.write_table_outputs(
+            results, FLAGS.table_dir, references.PUBLISHED, command=command, plot=final,
+            title="The paper's tables, reproduced"))
+    return common.print_sweep_outcome(outcome, len(cells))
+
+
+main = common.entry_point(run, lambda: FLAGS.compilation_cache_dir)
+
+if __name__ == "__main__":
+    app.run(main)

