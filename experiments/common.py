@@ -63,6 +63,15 @@ def entry_point(run: Callable[[list[str]], int], compilation_cache_dir: Callable
     return main
 
 
+def cache_dir(flag_value: str | None, run_dir: str) -> str | None:
+    """A sweep's compilation cache: the flag's directory, 'none' for no cache, or by default
+    $JAX_COMPILATION_CACHE_DIR, else <run_dir>/jax_cache (cells of one shape and re-runs
+    then load their compiled programs instead of compiling them again)."""
+    if flag_value is not None:
+        return None if flag_value.lower() == "none" else flag_value
+    return os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(run_dir, "jax_cache")
+
+
 def print_sweep_outcome(outcome, num_cells: int) -> int:
     """The sweep's last lines (cells finished, where the results are, failures); the exit
     code: 1 if any cell failed."""

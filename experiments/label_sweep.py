@@ -67,7 +67,8 @@ def run(argv: list[str]) -> int:
     return common.print_sweep_outcome(outcome, len(cells))
 
 
-main = common.entry_point(run, lambda: FLAGS.compilation_cache_dir)
+main = common.entry_point(run, lambda: common.cache_dir(FLAGS.compilation_cache_dir,
+                                                        FLAGS.sweep_dir))
 
 if __name__ == "__main__":
     app.run(main)

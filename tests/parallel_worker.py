@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -64,17 +63,16 @@ def leaves(tree) -> list[np.ndarray]:
 
 def run_solo_or_mesh(cfg, mnist, mesh, steps: int = STEPS):
     """Per-step losses [steps] and final params of ``cfg`` (data parallel on ``mesh``)."""
-    from ladder_jax import parallel, train
+    from ladder_jax import train
+    from ladder_jax.train import job as job_lib
 
-    exp = train.build_experiment(cfg, mnist, mesh=mesh)
-    state = train.init_state(cfg, exp.optimizer)
-    if mesh is not None:
-        state = parallel.replicate(state, mesh)
+    job = train.build_job([cfg], mnist, mesh=mesh)
+    state = job_lib.init_job_state(job)
     mark("state ready")
     losses = []
     for _ in range(steps // CHUNK):
-        state, step_losses = train.run_steps(exp, state, CHUNK)
-        losses.append(step_losses)
+        state, step_losses = job_lib.run_steps(job, state, CHUNK)
+        losses.append(step_losses[0])
         mark(f"{CHUNK} steps")
     return np.concatenate(losses), state.params
 
@@ -82,10 +80,11 @@ def run_solo_or_mesh(cfg, mnist, mesh, steps: int = STEPS):
 def devices(out: str) -> None:
     import jax
 
-    from ladder_jax import data, parallel, replicas, train
+    from ladder_jax import datasets, parallel, train
+    from ladder_jax.train import job as job_lib
 
     assert jax.device_count() == 4, jax.devices()
-    mnist = data.load_mnist()
+    mnist = datasets.load("mnist")
     cfg = tiny_config()
     result = {}
     mark("start")
@@ -95,10 +94,9 @@ def devices(out: str) -> None:
     dp_losses, dp_params = run_solo_or_mesh(cfg, mnist, mesh)
     mark("data parallel done")
     # The batch constraint reaches the program: a 4-way split of the leading axis.
-    exp = train.build_experiment(cfg, mnist, mesh=mesh)
-    state = parallel.replicate(train.init_state(cfg, exp.optimizer), mesh)
-    hlo = exp.train_chunk.lower(state, exp.device_data, *train.batch_rows(exp, 0, CHUNK),
-                                train.noise_key(cfg.seed))
+    job = train.build_job([cfg], mnist, mesh=mesh)
+    state = job_lib.init_job_state(job)
+    hlo = job.chunk.lower(state, job.data, *job_lib.batch_rows(job, 0, CHUNK), job.noise_keys)
     text = hlo.as_text()
     result["batch_split_4way"] = ('"data"=4' in text and 'sharding_constraint' in text
                                   and '[{"data"}, {}]' in text)
@@ -109,11 +107,11 @@ def devices(out: str) -> None:
     cfgs = [cfg, cfg.replace(seed=1, num_labels=50)]
     mesh2 = parallel.make_mesh(4, num_replicas=2)
     assert dict(mesh2.shape) == {"replica": 2, "data": 2}, mesh2.shape
-    group = replicas.build_group(cfgs, mnist, mesh=mesh2)
-    state = replicas.init_group_state(group)
+    group = train.build_job(cfgs, mnist, mesh=mesh2)
+    state = job_lib.init_job_state(group)
     losses = []
     for _ in range(STEPS // CHUNK):
-        state, step_losses = replicas.run_group_steps(group, state, CHUNK)
+        state, step_losses = job_lib.run_steps(group, state, CHUNK)
         losses.append(step_losses)
     result["group_losses"] = np.concatenate(losses, axis=1)
     mark("replica group done")
@@ -129,28 +127,21 @@ def multihost(port: str, num_processes: str, process_id: str, outdir: str) -> No
     import jax
     from jax.experimental import multihost_utils
 
-    from ladder_jax import data, train
+    from ladder_jax import datasets, train
 
-    mnist = data.load_mnist()
+    mnist = datasets.load("mnist")
     mesh = parallel.make_mesh()
     assert mesh.devices.size == jax.device_count() == int(num_processes)
     cfg = tiny_config()
     mark("initialised")
     workdir = os.path.join(outdir, "run")
-    first = train.train_and_evaluate(cfg.replace(max_steps=STEPS_A), workdir, mnist=mnist,
+    first = train.train_and_evaluate(cfg.replace(max_steps=STEPS_A), workdir, dataset=mnist,
                                      mesh=mesh)
     assert first.results["step"] == STEPS_A
     mark("first train_and_evaluate done")
-    # Stand-in for an interrupted run: the same run with a later stop (a config rewrite).
-    if jax.process_index() == 0:
-        path = os.path.join(workdir, "config.json")
-        with open(path) as f:
-            saved = json.load(f)
-        saved["max_steps"] = STEPS_B
-        with open(path, "w") as f:
-            json.dump(saved, f)
-    multihost_utils.sync_global_devices("config rewritten")
-    resumed = train.train_and_evaluate(cfg.replace(max_steps=STEPS_B), workdir, mnist=mnist,
+    multihost_utils.sync_global_devices("first part done")
+    # The same run with a later stop resumes from the checkpoint at STEPS_A.
+    resumed = train.train_and_evaluate(cfg.replace(max_steps=STEPS_B), workdir, dataset=mnist,
                                        mesh=mesh)
     mark("resumed train_and_evaluate done")
     final_params = leaves(resumed.state.params)

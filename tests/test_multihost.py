@@ -15,7 +15,8 @@ import numpy as np
 import parallel_worker as worker  # tests/ is on sys.path under pytest
 
 from ladder_jax import train
-from ladder_jax import workdir as wd
+from ladder_jax.train import job as job_lib
+from ladder_jax.train import workdir as wd
 
 
 def _free_port() -> int:
@@ -36,11 +37,11 @@ def test_two_processes_match_single_process(tmp_path, mnist):
     try:
         # Meanwhile, the single-process reference: the same steps, one device.
         cfg = worker.tiny_config()
-        exp = train.build_experiment(cfg, mnist)
-        state = train.init_state(cfg, exp.optimizer)
-        state, losses_a = train.run_steps(exp, state, worker.STEPS_A)
-        state, losses_b = train.run_steps(exp, state, worker.STEPS_B - worker.STEPS_A)
-        _, errors = train.evaluate(exp, state.params)
+        job = train.build_job([cfg], mnist)
+        state = job_lib.init_job_state(job)
+        state, losses_a = job_lib.run_steps(job, state, worker.STEPS_A)
+        state, losses_b = job_lib.run_steps(job, state, worker.STEPS_B - worker.STEPS_A)
+        _, errors = job_lib.evaluate_model(job, 0, state.params)
         for p in procs:
             p.wait(timeout=worker.TIMEOUT_S)
     finally:

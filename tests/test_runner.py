@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from ladder_jax import config, train, workdir
+from ladder_jax import config, train
+from ladder_jax.train import job as job_lib
+from ladder_jax.train import workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -158,6 +160,13 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
         ("--no_such_flag=1", "no_such_flag"),
         ("--data_source=idx", "data_dir"),
         ("--data_source=idx --data_dir=/nonexistent", "nonexistent"),
+        ("--seed=-1", "seed"),
+        ("--batch_size=70000", "batch_size"),
+        ("--num_validation=60000", "num_validation"),
+        ("--lr=nan", "lr"),
+        ("--noise_std=inf", "noise_std"),
+        ("--conv_layers=convv:32:99:1:1-fc:10", "convv"),
+        ("--dataset=fashion_mnist --data_source=pypi", "data_source"),
     ],
 )
 def test_bad_flags_fail_in_one_line(flag, expected, tmp_path):
@@ -193,7 +202,7 @@ def test_notebook_api_trains_and_predicts(mnist, tmp_path):
         batch_size=600, unlabeled_batch_size=600, epochs=1, steps_per_call=25,
     )
     work = str(tmp_path / "nb")
-    result = train.train_and_evaluate(cfg, work, mnist=mnist)
+    result = train.train_and_evaluate(cfg, work, dataset=mnist)
     assert int(result.state.step) == 100
     assert len(result.metrics) == 1 and result.metrics[0]["step"] == 100
     predicted = train.predict_from_workdir(work, mnist.test_images)
@@ -218,17 +227,80 @@ def test_steps_split_into_calls_any_way_give_the_same_params(mnist):
         model={"layer_sizes": (784, 32, 10), "denoise_weights": (1000.0, 10.0, 0.1),
                "noise_std": 0.3},
         batch_size=100, unlabeled_batch_size=100, epochs=1)
-    exp = train.build_experiment(cfg, mnist)
+    job = train.build_job([cfg], mnist)
     assert [train.noise_block_size(k) for k in (12, 7, 100, 600, 101)] == [12, 7, 100, 100, 1]
 
     def params_after(splits):
-        state = train.init_state(cfg, exp.optimizer)
+        state = job_lib.init_job_state(job)
         for k in splits:
-            state, _ = train.run_steps(exp, state, k)
+            state, _ = job_lib.run_steps(job, state, k)
         assert int(state.step) == 12
         return ravel_pytree(state.params)[0]
 
     whole = params_after([12])
     for splits in ([5, 7], [4, 4, 4]):
         np.testing.assert_allclose(params_after(splits), whole, rtol=1e-5, atol=1e-6)
-    assert np.abs(whole - ravel_pytree(train.init_state(cfg, exp.optimizer).params)[0]).max() > 1e-3
+    assert np.abs(whole - ravel_pytree(job_lib.init_job_state(job).params)[0]).max() > 1e-3
+
+
+def test_workdir_that_is_a_file_fails_in_one_line(tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("not a directory")
+    proc = run_cli(f"--workdir={path}", *TINY_FLAGS, "--max_steps=1", timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert str(path) in line and "directory" in line
+
+
+def _damage(checkpoint_dir: str) -> None:
+    """Truncates every file of a checkpoint, as a disk fault would."""
+    for root, _, files in os.walk(checkpoint_dir):
+        for name in files:
+            with open(os.path.join(root, name), "r+b") as f:
+                f.truncate(max(0, os.path.getsize(f.name) // 3))
+
+
+def test_damaged_newest_checkpoint_resumes_from_the_previous_one_exactly(uninterrupted,
+                                                                         tmp_path):
+    work = str(tmp_path / "damaged")
+    first = run_cli(f"--workdir={work}", *TINY_FLAGS, "--max_steps=140")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert checkpoint_steps(work)[-2:] == [120, 140]
+    _damage(os.path.join(work, workdir.CHECKPOINT_DIR, "140"))
+    done = run_cli(f"--workdir={work}", *TINY_FLAGS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    warnings = [line for line in done.stderr.splitlines() if "cannot be read" in line]
+    assert len(warnings) == 1 and "140" in warnings[0]
+    assert numeric_records(work) == numeric_records(uninterrupted)
+    assert_same_params(work, uninterrupted)
+    assert os.path.isdir(os.path.join(work, workdir.CHECKPOINT_DIR, "damaged-140"))
+
+
+def test_every_checkpoint_damaged_is_one_error_suggesting_restart(tmp_path):
+    work = str(tmp_path / "all_damaged")
+    first = run_cli(f"--workdir={work}", *TINY_FLAGS, "--max_steps=40")
+    assert first.returncode == 0, first.stderr[-3000:]
+    for step in checkpoint_steps(work):
+        _damage(os.path.join(work, workdir.CHECKPOINT_DIR, str(step)))
+    proc = run_cli(f"--workdir={work}", *TINY_FLAGS)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "no intact checkpoint" in line and "--restart" in line
+
+
+def test_a_run_extended_with_a_larger_max_steps_equals_the_longer_run(uninterrupted,
+                                                                       tmp_path):
+    """200 steps, then the same command with --max_steps=300 (and other bookkeeping):
+    the same numbers as the uninterrupted 300-step run; config.json keeps the history."""
+    work = str(tmp_path / "extended")
+    first = run_cli(f"--workdir={work}", *TINY_FLAGS, "--max_steps=200")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert workdir.read_json(os.path.join(work, "results.json"))["step"] == 200
+    more = run_cli(f"--workdir={work}", *TINY_FLAGS, "--max_steps=300", "--steps_per_call=7",
+                   "--checkpoint_every=50")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert numeric_records(work) == numeric_records(uninterrupted)
+    assert_same_params(work, uninterrupted)
+    history = workdir.read_json(os.path.join(work, "config.json"))["bookkeeping_history"]
+    assert history[-1]["changed"] == {"max_steps": [200, 300], "steps_per_call": [10, 7],
+                                      "checkpoint_every": [20, 50]}

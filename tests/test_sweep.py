@@ -20,7 +20,9 @@ import sys
 import pytest
 
 from ladder_jax import config as config_lib
-from ladder_jax import replicas, sweep
+from ladder_jax import sweep
+from ladder_jax.sweep import report
+from ladder_jax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FLAGS = ["--num_labels=20,50", "--seeds=0,1", "--presets=full,baseline",
@@ -60,9 +62,9 @@ def tiny_sweep(mnist, jax_cache, tmp_path_factory) -> str:
 
 
 def test_csv_has_a_finished_row_per_cell(tiny_sweep):
-    rows = sweep.read_csv(os.path.join(tiny_sweep, sweep.RESULTS_CSV))
+    rows = sweep.read_csv(os.path.join(tiny_sweep, report.RESULTS_CSV))
     assert len(rows) == 8
-    assert list(rows[0]) == list(sweep.CSV_COLUMNS)
+    assert list(rows[0]) == list(report.CSV_COLUMNS)
     assert {(r["preset"], r["num_labels"], r["seed"]) for r in rows} == {
         (p, n, s) for p in ("full", "baseline") for n in ("20", "50") for s in ("0", "1")}
     for r in rows:
@@ -84,8 +86,8 @@ def test_csv_has_a_finished_row_per_cell(tiny_sweep):
 
 
 def test_summary_matches_csv(tiny_sweep):
-    rows = sweep.read_csv(os.path.join(tiny_sweep, sweep.RESULTS_CSV))
-    with open(os.path.join(tiny_sweep, sweep.SUMMARY_MD)) as f:
+    rows = sweep.read_csv(os.path.join(tiny_sweep, report.RESULTS_CSV))
+    with open(os.path.join(tiny_sweep, report.SUMMARY_MD)) as f:
         text = f.read()
     header = next(line for line in text.splitlines() if line.startswith("| labels |"))
     presets = [c.strip() for c in header.strip("|").split("|")][1:]
@@ -111,7 +113,7 @@ def test_summary_matches_csv(tiny_sweep):
 def test_plot_is_a_png(tiny_sweep):
     from matplotlib import image
 
-    path = os.path.join(tiny_sweep, sweep.PLOT_PNG)
+    path = os.path.join(tiny_sweep, report.PLOT_PNG)
     with open(path, "rb") as f:
         assert f.read(8) == PNG_SIGNATURE
     pixels = image.imread(path)
@@ -126,7 +128,7 @@ def test_seeds_of_one_cell_shape_train_as_replicas(tiny_sweep):
     # 2 label counts x 2 presets = 4 shapes, each training its 2 seeds in one program.
     assert len(os.listdir(groups)) == 4
     for group in os.listdir(groups):
-        with open(os.path.join(groups, group, replicas.GROUP_FILE)) as f:
+        with open(os.path.join(groups, group, loop.GROUP_FILE)) as f:
             members = json.load(f)
         assert sorted(m["seed"] for m in members) == [0, 1]
         assert os.path.isdir(os.path.join(groups, group, "checkpoints"))
@@ -136,7 +138,7 @@ def test_rerun_trains_only_the_missing_cell(tiny_sweep, jax_cache, tmp_path):
     sweep_dir = str(tmp_path / "copy")
     shutil.copytree(tiny_sweep, sweep_dir)
     before = {r["preset"] + r["num_labels"] + r["seed"]: r
-              for r in sweep.read_csv(os.path.join(sweep_dir, sweep.RESULTS_CSV))}
+              for r in sweep.read_csv(os.path.join(sweep_dir, report.RESULTS_CSV))}
     missing = "full_labels50_seed1"
     shutil.rmtree(os.path.join(sweep_dir, missing))
     results = {name: os.path.join(sweep_dir, name, "results.json")
@@ -149,7 +151,7 @@ def test_rerun_trains_only_the_missing_cell(tiny_sweep, jax_cache, tmp_path):
     assert trained_cells(proc.stderr) == [missing]
     assert len(re.findall(r"finished before .*skipped", proc.stderr)) == 7
     assert {name: os.stat(p).st_mtime_ns for name, p in results.items()} == mtimes
-    rows = sweep.read_csv(os.path.join(sweep_dir, sweep.RESULTS_CSV))
+    rows = sweep.read_csv(os.path.join(sweep_dir, report.RESULTS_CSV))
     assert [r["status"] for r in rows] == ["finished"] * 8
     for r in rows:  # same seeds, same results: the retrained cell reproduces its first run
         old = before[r["preset"] + r["num_labels"] + r["seed"]]
@@ -170,15 +172,15 @@ def test_failing_cell_is_reported_and_the_others_finish(tiny_sweep, jax_cache, t
         "examples of class" in proc.stderr
     assert trained_cells(proc.stderr) == ["baseline_labels60000_seed0", "baseline_labels20_seed0"]
     rows = {r["num_labels"]: r for r in
-            sweep.read_csv(os.path.join(sweep_dir, sweep.RESULTS_CSV))}
+            sweep.read_csv(os.path.join(sweep_dir, report.RESULTS_CSV))}
     assert rows["60000"]["status"] == "failed" and "DataError" in rows["60000"]["error"]
     assert rows["60000"]["test_error"] == ""
     assert rows["20"]["status"] == "finished" and float(rows["20"]["test_error"]) < 0.9
-    with open(os.path.join(sweep_dir, sweep.SUMMARY_MD)) as f:
+    with open(os.path.join(sweep_dir, report.SUMMARY_MD)) as f:
         summary = f.read()
     assert "| 60000 | - (n=0, 1 failed) |" in summary
     assert re.search(r"\| 20 \| [\d.]+ ± - \(n=1\) \|", summary)
-    assert os.path.exists(os.path.join(sweep_dir, sweep.PLOT_PNG))
+    assert os.path.exists(os.path.join(sweep_dir, report.PLOT_PNG))
 
 
 def test_a_bad_label_count_stops_the_sweep_before_it_starts(tmp_path):
@@ -244,8 +246,9 @@ def test_run_group_gets_same_shape_cells_and_a_failing_group_is_recorded(mnist, 
         return [sweep.CellResult(c, w, sweep.FINISHED, test_error=0.01 * (1 + c.seed),
                                  steps=1, wall_time_s=1.0, ran=True) for c, w in group]
 
-    outcome = sweep.run_sweep(cells, str(tmp_path), mnist=mnist, run_group=fake_group,
-                              plot=False)
+    outcome = sweep.run_sweep(
+        cells, str(tmp_path), dataset=mnist, run_group=fake_group,
+        report=lambda results, final: sweep.write_outputs(results, str(tmp_path), plot=False))
     assert groups == [[f"{p}_labels{n}_seed{s}" for s in (0, 1, 2)]
                       for n in (100, 1000) for p in ("full", "baseline")]
     assert [r.cell.name for r in outcome.failed] == [f"baseline_labels1000_seed{s}"
@@ -267,7 +270,7 @@ def test_without_matplotlib_the_csv_and_summary_are_still_written(tmp_path, monk
     with caplog.at_level(logging.WARNING):
         outputs = sweep.write_outputs(results, str(tmp_path))
     assert set(outputs) == {"csv", "summary"}
-    assert not os.path.exists(tmp_path / sweep.PLOT_PNG)
+    assert not os.path.exists(tmp_path / report.PLOT_PNG)
     assert "pip install 'ladder_jax[plots]'" in caplog.text
     with open(outputs["summary"]) as f:
         assert "| 100 | 2.00 ± - (n=1) |" in f.read()

@@ -163,7 +163,7 @@ def decode(params: Params, cfg: ModelConfig, z_noisy: Sequence[jax.Array],
 
 def count_params(params: Params) -> dict[str, int]:
     """Parameter counts by role: encoder weights, decoder weights, combinators, BN affine."""
-    size = lambda tree: sum(int(a.size) for a in jax.tree_util.tree_leaves(tree))  # noqa: E731
+    size = lambda tree: sum(int(a.size) for a in jax.tree_util.tree_leaves(tree))
     counts = {
         "encoder_W": size(params["W"]),
         "decoder_V": size(params["V"]),

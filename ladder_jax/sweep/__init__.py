@@ -6,14 +6,36 @@
                                                                     plot=final))
 """
 
-from ladder_jax.sweep.grid import (Cell, build_grid, build_table, preset_families, preset_for,
-                                   split_preset)
-from ladder_jax.sweep.report import (PAPER_FULL_LADDER, aggregate, read_csv, row_stats,
-                                     summary_markdown, table_markdown, write_outputs,
-                                     write_table_outputs)
-from ladder_jax.sweep.run import (FAILED, FINISHED, PENDING, CellResult, SweepResult,
-                                  finished_result, run_cell, run_cells_as_replicas,
-                                  run_cells_sequentially, run_sweep)
+from ladder_jax.sweep.grid import (
+                                   Cell,
+                                   build_grid,
+                                   build_table,
+                                   preset_families,
+                                   preset_for,
+                                   split_preset,
+)
+from ladder_jax.sweep.report import (
+                                   PAPER_FULL_LADDER,
+                                   aggregate,
+                                   read_csv,
+                                   row_stats,
+                                   summary_markdown,
+                                   table_markdown,
+                                   write_outputs,
+                                   write_table_outputs,
+)
+from ladder_jax.sweep.run import (
+                                   FAILED,
+                                   FINISHED,
+                                   PENDING,
+                                   CellResult,
+                                   SweepResult,
+                                   finished_result,
+                                   run_cell,
+                                   run_cells_as_replicas,
+                                   run_cells_sequentially,
+                                   run_sweep,
+)
 
 __all__ = ["FAILED", "FINISHED", "PAPER_FULL_LADDER", "PENDING", "Cell", "CellResult",
            "SweepResult", "aggregate", "build_grid", "build_table", "finished_result",

@@ -254,8 +254,8 @@ def table_markdown(results: Sequence[CellResult],
     """summary.md of a table: per row mean ± sample std (n) of the final test error, the
     published figure (``paper``: row -> (mean, std or None, source)) and our mean minus it."""
     lines = [f"# {title}", "",
-             "Final test error (%): mean ± sample standard deviation (ddof=1) over n finished "
-             "seeds, beside the published figure (mean ± std where the paper gives one).", "",
+             ("Final test error (%): mean ± sample standard deviation (ddof=1) over n finished "
+              "seeds, beside the published figure (mean ± std where the paper gives one)."), "",
              "| row | ours | n | published | ours - published | steps |", "|---|---|---|---|---|---|"]
     for row, stat in row_stats(results).items():
         ours = "-" if stat.mean is None else (

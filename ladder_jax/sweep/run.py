@@ -10,6 +10,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from absl import logging
 
@@ -162,7 +163,7 @@ def run_sweep(cells: Sequence[Cell], sweep_dir: str, *, dataset: datasets.Datase
     if len(set(names)) != len(names):
         raise ConfigError("two cells of the sweep share a workdir name; drop the duplicates")
     results, groups = _pending_groups(cells, sweep_dir)
-    current = lambda: [results[c.name] for c in cells]  # noqa: E731
+    current = lambda: [results[c.name] for c in cells]
     report(current(), False)
     progress = _GridProgress(len(cells), len(cells) - sum(len(g) for g in groups.values()))
     if groups and dataset is None:

@@ -80,6 +80,8 @@ def check_fits(cfg: TrainConfig, dataset: datasets.Dataset) -> None:
     if cfg.unlabeled_batch_size > available:
         raise ConfigError(f"unlabeled_batch_size={cfg.unlabeled_batch_size} exceeds the "
                           f"{available} unlabeled training images; use at most {available}")
+    if cfg.epochs * (available // cfg.unlabeled_batch_size) >= 2**31 - 1:
+        raise ConfigError(f"epochs={cfg.epochs} gives more than 2**31 steps; use fewer epochs")
 
 
 @dataclasses.dataclass

@@ -23,7 +23,7 @@ from ladder_jax.config import ConfigError, TrainConfig
 from ladder_jax.train import evaluate as eval_lib
 from ladder_jax.train import job as job_lib
 from ladder_jax.train import workdir as wd
-from ladder_jax.train.state import (TrainState, learning_rate_schedule, reset_metrics)
+from ladder_jax.train.state import TrainState, learning_rate_schedule, reset_metrics
 
 GROUP_FILE = "replicas.json"
 
