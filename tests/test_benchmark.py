@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from experiments import benchmark, step_profile
+from experiments.measure import benchmark, step_profile
 from ladder_jax import config, train
+from ladder_jax.train import job as job_lib
 
 TINY = {"layer_sizes": (784, 30, 20, 10), "noise_std": 0.3}
 
@@ -31,16 +32,20 @@ def test_matmul_flop_formula_counts_the_dots_of_one_traced_step(preset, mnist):
     cfg = base.replace(model={**TINY, "denoise_weights": (weights[0], weights[1], weights[2],
                                                           weights[-1])},
                        batch_size=50, unlabeled_batch_size=70)
-    exp = train.build_experiment(cfg, mnist)
-    state = train.init_state(cfg, exp.optimizer)
-    dots = benchmark.step_dot_generals(exp, state)  # found inside the scans' bodies too
-    assert _dot_flops(dots) == benchmark.step_matmul_flops(cfg)
+    job = train.build_job([cfg], mnist)
+    state = job_lib.init_job_state(job)
+    dots = benchmark.step_contractions(job, state)  # found inside the scans' bodies too
+    assert dots and {eqn.primitive.name for eqn in dots} == {"dot_general"}  # dense: no convs
+    assert _dot_flops(dots) == benchmark.step_flops(cfg)
 
 
 def test_benchmark_figures_are_consistent(mnist):
     cfg = config.preset("full_100").replace(model=TINY | {"denoise_weights": (1.0,) * 4})
-    figures = benchmark.benchmark(cfg, steps_per_call=3, repeats=2, peak_size=256, mnist=mnist)
+    figures = benchmark.benchmark(cfg, steps_per_call=3, repeats=2, peak_size=256,
+                                  dataset=mnist)
     step_s = figures["ms_per_step"] / 1000
+    assert figures["model"] == "784-30-20-10" and figures["matmul_dtype"] == "float32"
+    assert figures["matmul_gflop"] == pytest.approx(benchmark.step_flops(cfg) / 1e9)
     assert figures["ms_per_step_min"] <= figures["ms_per_step"] <= figures["ms_per_step_max"]
     assert figures["examples_per_s"] == pytest.approx(200 / step_s)
     assert figures["achieved_gflops"] == pytest.approx(figures["matmul_gflop"] / step_s)
@@ -62,8 +67,8 @@ def test_profile_finds_every_matmul_of_the_step_once_per_step(preset, mnist):
     weights = base.model.denoise_weights
     cfg = base.replace(model={**TINY, "denoise_weights": (weights[0], weights[1], weights[2],
                                                           weights[-1])})
-    exp = train.build_experiment(cfg, mnist)
-    figures = step_profile.profile(exp, train.init_state(cfg, exp.optimizer), steps_per_call=3)
+    job = train.build_job([cfg], mnist)
+    figures = step_profile.profile(job, job_lib.init_job_state(job), steps_per_call=3)
     num_layers = len(TINY["layer_sizes"]) - 1
     decoder_weights = num_layers - cfg.model.lowest_decoded_layer
     matmul_runs = [runs for _, runs, is_matmul in figures["ops"].values() if is_matmul]

@@ -19,8 +19,10 @@ import pytest
 from jax.extend import core as jax_core
 from jax.flatten_util import ravel_pytree
 
-from ladder_jax import combinators, config, losses, model, train
+from ladder_jax import combinators, config, datasets, losses, models, train
 from ladder_jax.config import ModelConfig
+from ladder_jax.models import mlp, ops
+from ladder_jax.train import job as job_lib
 
 SMALL = (20, 16, 12, 10)
 NL, NU = 4, 6  # labeled and unlabeled rows of the tiny ladder batches
@@ -28,8 +30,8 @@ PARTS = (NL, NU, NU)
 
 # Compiled once per (config, part layout): the tests below share shapes so that the whole
 # file compiles only a couple of dozen small programs.
-encode_jit = jax.jit(model.encode, static_argnames=("cfg", "part_sizes", "noisy"))
-decode_jit = jax.jit(model.decode, static_argnames=("cfg",))
+encode_jit = jax.jit(models.encode, static_argnames=("cfg", "part_sizes", "noisy"))
+decode_jit = jax.jit(models.decode, static_argnames=("cfg",))
 loss_jit = jax.jit(losses.ladder_loss, static_argnames=("cfg",))
 
 
@@ -48,10 +50,10 @@ CFG = small_cfg()
 
 
 def random_params(cfg: ModelConfig, seed: int, scale: float = 0.5, dtype=jnp.float32):
-    """Parameters with model.init's structure and shapes (via eval_shape, nothing compiled):
+    """Parameters with models.init's structure and shapes (via eval_shape, nothing compiled):
     W and V ~ N(0, 1) / sqrt(fan_in) as in the spec; beta, gamma - 1 and every combinator
     parameter ~ N(0, scale^2), so that no term of the model is trivially zero."""
-    shapes = jax.eval_shape(functools.partial(model.init, cfg=cfg), jax.random.key(0))
+    shapes = jax.eval_shape(functools.partial(models.init, cfg=cfg), jax.random.key(0))
     rng = np.random.default_rng(seed)
 
     def fill(path, s):
@@ -88,9 +90,10 @@ def np_log_softmax(a):
     return a - np.log(np.exp(a).sum(axis=-1, keepdims=True))
 
 
-def np_clean_encode(params, x, eps, pop_stats=None) -> dict:
+def np_clean_encode(params, x, eps, pop_stats=None, leak=0.0) -> dict:
     """The spec's clean encoder in float64 numpy, one batch. With pop_stats=(means, vars)
-    (lists indexed by layer) those replace the batch statistics."""
+    (lists indexed by layer) those replace the batch statistics; ``leak`` is the negative
+    slope of the hidden layers' activation (0: ReLU)."""
     weights = [f64(w) for w in params["W"]]
     betas = [f64(b) for b in params["beta"]]
     gamma = f64(params["gamma"])
@@ -105,7 +108,8 @@ def np_clean_encode(params, x, eps, pop_stats=None) -> dict:
             mean, var = f64(pop_stats[0][layer]), f64(pop_stats[1][layer])
             z = (zpre - mean) / np.sqrt(var + eps)
         if layer < num_layers:
-            h = np.maximum(z + betas[layer - 1], 0.0)
+            a = z + betas[layer - 1]
+            h = np.maximum(a, 0.0) + leak * np.minimum(a, 0.0)
         else:
             out["logits"] = gamma * (z + betas[layer - 1])
             h = np.exp(np_log_softmax(out["logits"]))
@@ -150,7 +154,7 @@ def ladder_batch(cfg: ModelConfig, seed: int, n_labeled: int = NL, n_unlabeled: 
     return xl, y, xu
 
 
-def ladder_trace(params, cfg, xl, xu, key) -> model.EncoderTrace:
+def ladder_trace(params, cfg, xl, xu, key) -> models.EncoderTrace:
     """The encoder pass ladder_loss runs: [labeled | unlabeled | unlabeled], the first two
     corrupted, each part normalised with its own statistics."""
     x = jnp.concatenate([jnp.asarray(xl), jnp.asarray(xu), jnp.asarray(xu)], axis=0)
@@ -158,7 +162,7 @@ def ladder_trace(params, cfg, xl, xu, key) -> model.EncoderTrace:
     return encode_jit(params, cfg, x, part_sizes=parts, noisy=(True, True, False), key=key)
 
 
-def clean_pass(params, cfg, x) -> model.EncoderTrace:
+def clean_pass(params, cfg, x) -> models.EncoderTrace:
     return encode_jit(params, cfg, jnp.asarray(x), part_sizes=PARTS, noisy=(False,) * 3)
 
 
@@ -194,11 +198,11 @@ def test_encode_trace_shapes_small_net():
 def test_encode_trace_shapes_paper_widths():
     cfg = ModelConfig()  # 784-1000-500-250-250-250-10
     widths = cfg.layer_sizes
-    params = jax.eval_shape(functools.partial(model.init, cfg=cfg), jax.random.key(0))
+    params = jax.eval_shape(functools.partial(models.init, cfg=cfg), jax.random.key(0))
     parts = (100, 100, 100)
 
     def run(p, x, key):
-        return model.encode(p, cfg, x, part_sizes=parts, noisy=(True, True, False), key=key)
+        return models.encode(p, cfg, x, part_sizes=parts, noisy=(True, True, False), key=key)
 
     x = jax.ShapeDtypeStruct((300, widths[0]), jnp.float32)
     trace = jax.eval_shape(run, params, x, jax.random.key(1))
@@ -215,11 +219,53 @@ def test_encode_rejects_bad_parts_and_missing_key():
     params = random_params(CFG, 0)
     x = jnp.zeros((10, SMALL[0]))
     with pytest.raises(ValueError, match="part_sizes"):
-        model.encode(params, CFG, x, part_sizes=(4, 5))
+        models.encode(params, CFG, x, part_sizes=(4, 5))
     with pytest.raises(ValueError, match="part_sizes"):
-        model.encode(params, CFG, x, part_sizes=(5, 5), noisy=(True,))
+        models.encode(params, CFG, x, part_sizes=(5, 5), noisy=(True,))
     with pytest.raises(ValueError, match="key"):
-        model.encode(params, CFG, x, part_sizes=(5, 5), noisy=(True, False))
+        models.encode(params, CFG, x, part_sizes=(5, 5), noisy=(True, False))
+
+
+def test_family_registry_and_layer_shapes():
+    assert models.family("mlp") is mlp and models.family(CFG.family) is mlp
+    with pytest.raises(config.ConfigError, match="nope"):
+        models.family("nope")
+    assert CFG.layer_shapes == mlp.layer_shapes(CFG) == [(n,) for n in SMALL]
+    assert (CFG.num_layers, CFG.num_classes) == (len(SMALL) - 1, SMALL[-1])
+    assert [models.layer_size(CFG, layer) for layer in range(len(SMALL))] == list(SMALL)
+    params = random_params(CFG, 0)
+    assert models.count_params(params, CFG) == mlp.count_params(params)
+
+
+def test_dense_encoder_flattens_image_batches():
+    """Dataset batches arrive as [B, H, W, C]: the dense family flattens them in HWC order."""
+    cfg = small_cfg(widths=(12, 8, 10), weights=(1.0, 0.5, 0.2))
+    params = random_params(cfg, 0)
+    x = uniform(np.random.default_rng(0), 5, 12)
+    flat = encode_jit(params, cfg, jnp.asarray(x))
+    images = encode_jit(params, cfg, jnp.asarray(x.reshape(5, 2, 3, 2)))
+    np.testing.assert_array_equal(images.z[0], x)
+    for a, b in zip(flat.z + flat.h + [flat.logits], images.z + images.h + [images.logits]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_leakyrelu_activation_matches_numpy():
+    cfg = dataclasses.replace(CFG, activation="leakyrelu")
+    params = random_params(cfg, 4)
+    xl, _, xu = ladder_batch(cfg, 4)
+    x = np.concatenate([xl, xu, xu])
+    leaky, relu = clean_pass(params, cfg, x), clean_pass(params, CFG, x)
+    for rows, part in ((slice(0, NL), xl), (slice(NL + NU, None), xu)):
+        ref = np_clean_encode(params, part, cfg.bn_eps, leak=mlp.LEAKY_SLOPE)
+        for layer in range(1, len(SMALL)):
+            np.testing.assert_allclose(leaky.z[layer][rows], ref["z"][layer], rtol=1e-4,
+                                       atol=1e-5)
+            np.testing.assert_allclose(leaky.h[layer][rows], ref["h"][layer], rtol=1e-4,
+                                       atol=1e-5)
+        np.testing.assert_allclose(leaky.logits[rows], ref["logits"], rtol=1e-4, atol=1e-5)
+    assert mlp.LEAKY_SLOPE == 0.1  # the authors' slope
+    assert float(jnp.min(leaky.h[1])) < 0.0 <= float(jnp.min(relu.h[1]))
+    assert max_diff(leaky.logits, relu.logits) > 1e-3
 
 
 def test_zero_noise_corrupted_pass_equals_clean():
@@ -251,25 +297,25 @@ def test_zero_noise_corrupted_pass_equals_clean():
 
 
 def test_drawn_noise_gives_the_same_numbers_as_the_key():
-    """The trainer draws each step's noise ahead (model.draw_noise) instead of passing the key:
+    """The trainer draws each step's noise ahead (models.draw_noise) instead of passing the key:
     the same draws, so the same loss and gradients (up to XLA's float rounding of the fused
     sums), for the ladder and for the baseline."""
     params = random_params(CFG, 2)
     xl, y, xu = ladder_batch(CFG, 2)
     key = jax.random.key(5)
-    noise = model.draw_noise(key, CFG, NL + NU)
+    noise = models.draw_noise(key, CFG, NL + NU)
     assert [n.shape for n in noise] == [(NL + NU, w) for w in SMALL]
     grad = jax.jit(jax.grad(lambda p, k, n: losses.ladder_loss(p, CFG, xl, y, xu, k, noise=n)[0]))
     np.testing.assert_allclose(ravel_pytree(grad(params, None, noise))[0],
                                ravel_pytree(grad(params, key, None))[0], rtol=1e-4, atol=1e-6)
-    base = model.draw_noise(key, CFG, NL)
+    base = models.draw_noise(key, CFG, NL)
     by_key = loss_jit(params, CFG, xl, y, None, key)[0]
     np.testing.assert_allclose(loss_jit(params, CFG, xl, y, None, None, noise=base)[0], by_key,
                                rtol=1e-6)
     # Layers without noise draw nothing; other noise changes the loss.
-    assert model.draw_noise(key, dataclasses.replace(CFG, noise_std=(0.0, 0.3, 0.0, 0.3)),
+    assert models.draw_noise(key, dataclasses.replace(CFG, noise_std=(0.0, 0.3, 0.0, 0.3)),
                             NL)[0::2] == [None, None]
-    other = model.draw_noise(jax.random.key(6), CFG, NL)
+    other = models.draw_noise(jax.random.key(6), CFG, NL)
     assert abs(by_key - loss_jit(params, CFG, xl, y, None, None, noise=other)[0]) > 1e-3
 
 
@@ -331,7 +377,7 @@ def test_batch_normalize_values_and_written_out_gradient_match_autodiff(x64, par
     rng = np.random.default_rng(sum(part_sizes))
     x = jnp.asarray(rng.standard_normal((sum(part_sizes), 3)) * 2.0 + 0.5)
     eps = 1e-3
-    out, vjp = jax.vjp(lambda v: model.batch_normalize(v, part_sizes, eps), x)
+    out, vjp = jax.vjp(lambda v: ops.batch_normalize(v, part_sizes, eps), x)
     ref_out, ref_vjp = jax.vjp(lambda v: reference_batch_normalize(v, part_sizes, eps), x)
     for got, want in zip(out, ref_out):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
@@ -402,9 +448,9 @@ def test_amlp_combinator_matches_per_unit_numpy_mlp():
     np.testing.assert_allclose(apply(p, z, u), np_amlp(p, f64(z), f64(u), combinators.AMLP_LEAK),
                                rtol=1e-5, atol=1e-5)
 
-    # the config's amlp_hidden reaches model.init
+    # the config's amlp_hidden reaches models.init
     cfg = small_cfg(combinator="amlp", amlp_hidden=hidden)
-    shapes = jax.eval_shape(functools.partial(model.init, cfg=cfg), jax.random.key(0))
+    shapes = jax.eval_shape(functools.partial(models.init, cfg=cfg), jax.random.key(0))
     for layer, n in enumerate(SMALL):
         assert shapes["g"][str(layer)]["w1"].shape == (3, hidden, n)
 
@@ -445,7 +491,7 @@ def test_decoder_normalises_with_sqrt_var_eps_of_clean_unlabeled_preactivations(
         assert np.min(np.abs(np.sqrt(ref["var"][layer] + CFG.bn_eps) - ref["var"][layer])) \
             > 1e-3  # the wrong normaliser below is really different
 
-    clean_stats = model.BnStats(
+    clean_stats = models.BnStats(
         [None] + [jnp.asarray(m, jnp.float32) for m in ref["mean"][1:]],
         [None] + [jnp.asarray(v, jnp.float32) for v in ref["var"][1:]])
     z_noisy = [z[noisy_u] for z in trace.z]
@@ -611,11 +657,13 @@ def test_bfloat16_matmuls_stay_close_to_float32_and_run_every_dot_in_bfloat16():
     ("bottom_100", range(7)),
     ("gamma_100", range(6, 7)),
     ("baseline_100", range(0)),
+    ("baseline_1000", range(0)),
+    ("baseline_all", range(0)),
 ])
 def test_preset_decoder_parameters(name, decoded):
     cfg = config.preset(name).model
     widths = cfg.layer_sizes
-    params = jax.eval_shape(functools.partial(model.init, cfg=cfg), jax.random.key(0))
+    params = jax.eval_shape(functools.partial(models.init, cfg=cfg), jax.random.key(0))
     assert sorted(params["g"], key=int) == [str(layer) for layer in decoded]
     assert sorted(params["V"], key=int) == [str(layer) for layer in decoded][1:]
     for layer in decoded:
@@ -630,8 +678,8 @@ def test_preset_decoder_parameters(name, decoded):
 
 def test_count_params_of_the_paper_ladder():
     def counts(cfg):
-        return model.count_params(
-            jax.eval_shape(functools.partial(model.init, cfg=cfg), jax.random.key(0)))
+        return models.count_params(
+            jax.eval_shape(functools.partial(models.init, cfg=cfg), jax.random.key(0)), cfg)
 
     widths = config.preset("full_100").model.layer_sizes
     enc = sum(a * b for a, b in itertools.pairwise(widths))
@@ -659,10 +707,11 @@ def test_population_stats_match_layer_by_layer_numpy():
     cfg = small_cfg(widths=widths, weights=(0.0,) * 4, bn_eps=1e-3)
     params = random_params(cfg, 20)
     rng = np.random.default_rng(20)
-    images = rng.integers(0, 256, (800, 784), dtype=np.uint8)
+    # uint8 [N, H, W, C] as a dataset holds them; the dense family flattens them (HWC order)
+    images = rng.integers(0, 256, (800, 784), dtype=np.uint8).reshape(800, 28, 28, 1)
     rows = np.sort(rng.choice(800, 500, replace=False)).astype(np.int32)
     labels = rng.integers(0, 10, 500).astype(np.int32)
-    x = f64(images[rows]) / 255.0
+    x = f64(images[rows].reshape(500, 784)) / 255.0
 
     # by hand: layer l's stats on inputs normalised with the population stats of layer l-1
     weights = [f64(w) for w in params["W"]]
@@ -675,8 +724,8 @@ def test_population_stats_match_layer_by_layer_numpy():
         h = np.maximum((zpre - mean) / np.sqrt(var + cfg.bn_eps)
                        + f64(params["beta"][layer - 1]), 0.0)
 
-    pop_jit = jax.jit(model.population_stats, static_argnames=("cfg",))
-    from_model = pop_jit(params, cfg, model.preprocess(jnp.asarray(images[rows])))
+    pop_jit = jax.jit(models.population_stats, static_argnames=("cfg",))
+    from_model = pop_jit(params, cfg, datasets.preprocess(jnp.asarray(images[rows]), None))
     from_train = train.population_stats(params, cfg, jnp.asarray(images), jnp.asarray(rows))
     for stats in (from_model, from_train):
         assert stats.mean[0] is None and stats.var[0] is None
@@ -687,7 +736,7 @@ def test_population_stats_match_layer_by_layer_numpy():
                                        atol=1e-6)
 
     # prediction uses them (not the test batch's statistics)
-    predict = jax.jit(model.predict_log_probs, static_argnames=("cfg",))
+    predict = jax.jit(models.predict_log_probs, static_argnames=("cfg",))
     ref = np_clean_encode(params, x, cfg.bn_eps, (means, variances))
     log_probs = predict(params, cfg, jnp.asarray(x, jnp.float32), from_train)
     np.testing.assert_allclose(log_probs, np_log_softmax(ref["logits"]), rtol=1e-4, atol=1e-4)
@@ -713,15 +762,16 @@ def test_full_ladder_beats_supervised_baseline_with_100_labels(mnist):
     for name in ("full_100", "baseline_100"):
         start = time.time()
         cfg = config.preset(name).replace(seed=0, epochs=2, steps_per_call=100)
-        exp = train.build_experiment(cfg, mnist)
-        lr = train.learning_rate_schedule(cfg, exp.schedule.total_steps)
+        job = train.build_job([cfg], mnist)
+        lr = train.learning_rate_schedule(cfg, job.schedule.total_steps)
         assert float(lr(SLOW_STEPS - 1)) == pytest.approx(cfg.lr)  # still constant
-        state = train.init_state(cfg, exp.optimizer)
+        state = job_lib.init_job_state(job)
         for _ in range(SLOW_STEPS // cfg.steps_per_call):
-            state, step_losses = train.run_steps(exp, state, cfg.steps_per_call)
+            state, step_losses = job_lib.run_steps(job, state, cfg.steps_per_call)
+            assert step_losses.shape == (1, cfg.steps_per_call)
             assert np.all(np.isfinite(step_losses))
         assert int(state.step) == SLOW_STEPS
-        _, result = train.evaluate(exp, state.params)
+        _, result = job_lib.evaluate_model(job, 0, job_lib.split(job, state.params)[0])
         errors[name] = result["test_error"]
         seconds[name] = time.time() - start
         print(f"{name}: {SLOW_STEPS} steps, test error {100 * errors[name]:.2f}% "
