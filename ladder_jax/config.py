@@ -39,8 +39,9 @@ def parse_num_labels(value: Any) -> int | str:
             return "all"
         if text.isdigit():
             value = int(text)
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ConfigError(f"num_labels={value!r} must be a positive integer or 'all'")
+    value = int(value)
     if value == -1:
         return "all"
     if value <= 0:
@@ -65,7 +66,7 @@ _TRAIN_RANGES: dict[str, _Range] = {
     "epochs": ("int", 1, 100_000, "a whole number in 1..100000"),
     "batch_size": ("int", 1, 1_000_000, "a whole number >= 1"),
     "unlabeled_batch_size": ("int", 1, 1_000_000, "a whole number >= 1"),
-    "lr": ("float", 1e-12, 10.0, "a number in (0, 10]"),
+    "lr": ("float", 1e-12, math.inf, "a finite number > 0"),
     "decay_start": ("float", 0.0, 1.0, "a number in [0, 1]"),
     "max_steps": ("int", 0, 2**31 - 2, "a whole number >= 0 (0: the full schedule)"),
     "eval_every": ("int", 1, 100_000, "a whole number >= 1"),
@@ -271,10 +272,13 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Inverse of ``to_dict``. Fields missing from ``d`` (a config written before they
         existed) take their defaults; unknown fields raise ConfigError."""
+        if not isinstance(d, dict) or not isinstance(d.get("model", {}), dict):
+            raise ConfigError("a config must be a dict with a dict under 'model'")
         d = {k: v for k, v in d.items() if k not in NON_CONFIG_KEYS}
         model_dict = dict(d.pop("model", {}))
         for given, cls_ in ((d, cls), (model_dict, ModelConfig)):
-            unknown = set(given) - {f.name for f in dataclasses.fields(cls_)} - {"model"}
+            unknown = set(given) - {f.name for f in dataclasses.fields(cls_)
+                                    if f.name != "model" or cls_ is cls}
             if unknown:
                 raise ConfigError(f"unknown config field(s) {', '.join(sorted(unknown))} "
                                   "(written by another version of ladder_jax?)")
@@ -294,6 +298,31 @@ _SEMI_WEIGHTS_100 = (1000.0, 10.0, 0.1, 0.1, 0.1, 0.1, 0.1)
 _SEMI_WEIGHTS_1000 = (2000.0, 20.0, 0.1, 0.1, 0.1, 0.1, 0.1)
 _TOP_ONLY = (0.0,) * 6
 
+# Convolutional presets (models/conv.py): the authors' README commands (CuriousAI/ladder),
+# whose run.py defaults fill the rest: Adam lr 0.002, 150 epochs, decay from 0.67, batches of
+# 100 labeled + 100 unlabeled, noise 0.3, gamma on the top (--top-c True). Where the paper
+# and the code differ, the code is followed:
+# - --f-local-noise-std sets the noise of layers 1..L only; the input keeps
+#   --super-noise-std (0.3). So the Conv-Small baseline's "noise 0.45" is 0.3 on the
+#   input and 0.45 above it (the paper gives one number).
+# - Max pooling keeps the partial window at the border (Theano's ignore_border=False), so
+#   Conv-Large's second pool maps 15x15 to 8x8 and its global mean pool sees 6x6.
+# - Pooling layers are batch-normalised and corrupted like the others, linear, no beta.
+# - The combinator has parameters per channel AND position (the authors share them over
+#   positions below conv/pool layers: models.conv.init(per_channel=True)).
+# - Conv-Large: --act leakyrelu (0.1), --top-c False, 4000 labels, 50000 unlabeled (all of
+#   CIFAR-10's training images), --contrast-norm 55 --whiten-zca 3072 (dataset 'cifar10'
+#   applies them); the baselines run 20 epochs with decay from 0.5 ("overfits easily").
+_CONV_SMALL = ("convf:32:5:1:1-maxpool:2:2-convv:64:3:1:1-convf:64:3:1:1-maxpool:2:2-"
+               "convv:128:3:1:1-convv:10:1:1:1-globalmeanpool:6:6-fc:10")
+_CONV_FC = ("convv:1000:26:1:1-convv:500:1:1:1-convv:250:1:1:1-convv:250:1:1:1-"
+            "convv:250:1:1:1-convv:10:1:1:1-globalmeanpool:0")
+_CONV_LARGE = ("convv:96:3:1:1-convf:96:3:1:1-convf:96:3:1:1-maxpool:2:2-convv:192:3:1:1-"
+               "convf:192:3:1:1-convv:192:3:1:1-maxpool:2:2-convv:192:3:1:1-convv:192:1:1:1-"
+               "convv:10:1:1:1-globalmeanpool:0")
+_CIFAR = {"family": "conv", "conv_layers": _CONV_LARGE, "input_shape": (32, 32, 3),
+          "activation": "leakyrelu", "top_c": False}
+
 #: Named presets: the paper's permutation-invariant MNIST settings (LADDER_SPEC.md).
 PRESETS: dict[str, TrainConfig] = {
     "full_100": _paper_mnist(_SEMI_WEIGHTS_100, 0.3, 100),
@@ -306,6 +335,21 @@ PRESETS: dict[str, TrainConfig] = {
     "baseline_1000": _paper_mnist((0.0,) * 7, 0.5, 1000),
     "baseline_all": _paper_mnist((0.0,) * 7, 0.5, "all"),
     "amlp_100": _paper_mnist(_SEMI_WEIGHTS_100, 0.3, 100).replace(model={"combinator": "amlp"}),
+    "conv_small_gamma_100": TrainConfig(model=ModelConfig(
+        family="conv", conv_layers=_CONV_SMALL, denoise_weights=(0.0,) * 9 + (1.0,),
+        noise_std=0.3), num_labels=100),
+    "conv_small_baseline_100": TrainConfig(model=ModelConfig(
+        family="conv", conv_layers=_CONV_SMALL, denoise_weights=0.0,
+        noise_std=(0.3,) + (0.45,) * 9), num_labels=100, epochs=20, decay_start=0.5),
+    "conv_fc_100": TrainConfig(model=ModelConfig(
+        family="conv", conv_layers=_CONV_FC, denoise_weights=(1000.0, 10.0) + (0.1,) * 6,
+        noise_std=0.3), num_labels=100),
+    "conv_large_gamma_4000": TrainConfig(model=ModelConfig(
+        **_CIFAR, denoise_weights=(0.0,) * 12 + (4.0,), noise_std=0.3),
+        num_labels=4000, epochs=70, decay_start=0.86, dataset="cifar10"),
+    "conv_large_baseline_4000": TrainConfig(model=ModelConfig(
+        **_CIFAR, denoise_weights=0.0, noise_std=0.3),
+        num_labels=4000, epochs=20, decay_start=0.5, dataset="cifar10"),
 }
 
 

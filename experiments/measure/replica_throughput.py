@@ -32,6 +32,8 @@ flags.DEFINE_list("layer_sizes", None, "Widths (default: the paper's 784-1000-50
                   "250-10); the preset's lambdas are kept per layer when the depth matches.")
 flags.DEFINE_string("preset", "full_100", "Preset the runs start from.")
 flags.DEFINE_string("output", None, "Also write the numbers as JSON here.")
+flags.DEFINE_bool("solo", True, "Also time the K solo runs (--nosolo: the group alone, e.g. "
+                  "for large K on an accelerator).")
 
 
 def _config(seed: int) -> config_lib.TrainConfig:
@@ -55,58 +57,47 @@ def _run_chunks(step_fn, state, steps: int, per_call: int):
     return state, losses
 
 
+def _warm_and_time(jobs, steps: int, per_call: int, rounds: int) -> tuple[float, float]:
+    """(warm-up seconds, timed seconds of ``rounds`` x ``steps`` steps) of running ``jobs``
+    one after the other; the compile and a first chunk of each are not timed."""
+    states = [job_lib.init_job_state(j) for j in jobs]
+    step_fns = [lambda s, n, j=j: job_lib.run_steps(j, s, n) for j in jobs]
+    t0 = time.time()
+    states = [_run_chunks(f, s, per_call, per_call)[0] for f, s in zip(step_fns, states)]
+    warm = time.time() - t0
+    t0 = time.time()
+    for _ in range(rounds):
+        states = [_run_chunks(f, s, steps, per_call)[0] for f, s in zip(step_fns, states)]
+    return warm, time.time() - t0
+
+
 def run(argv: list[str]) -> int:
     del argv
-    k, steps, per_call = FLAGS.num_replicas, FLAGS.steps, FLAGS.steps_per_call
+    k, steps, per_call, rounds = (FLAGS.num_replicas, FLAGS.steps, FLAGS.steps_per_call,
+                                  FLAGS.rounds)
     cfgs = [_config(seed) for seed in range(k)]
     dataset = train.load_dataset(cfgs[0])
-    solos = [train.build_job([c], dataset) for c in cfgs]
-    solo_states = [job_lib.init_job_state(j) for j in solos]
-    group = train.build_job(cfgs, dataset)
-    group_state = job_lib.init_job_state(group)
-
-    def solo_step(i):
-        return lambda s, n: job_lib.run_steps(solos[i], s, n)
-
-    def group_step(s, n):
-        return job_lib.run_steps(group, s, n)
-
-    t0 = time.time()  # compile + one warm-up chunk each (not timed)
-    for i in range(k):
-        solo_states[i], _ = _run_chunks(solo_step(i), solo_states[i], per_call, per_call)
-    solo_warm = time.time() - t0
-    t0 = time.time()
-    group_state, _ = _run_chunks(group_step, group_state, per_call, per_call)
-    group_warm = time.time() - t0
-
-    solo_time = group_time = 0.0
-    for r in range(FLAGS.rounds):
-        t0 = time.time()
-        for i in range(k):
-            solo_states[i], _ = _run_chunks(solo_step(i), solo_states[i], steps, per_call)
-        solo_time += time.time() - t0
-        t0 = time.time()
-        group_state, _ = _run_chunks(group_step, group_state, steps, per_call)
-        group_time += time.time() - t0
-        print(f"round {r + 1}: solo {solo_time:.1f}s, group {group_time:.1f}s (cumulative)")
-
-    total = steps * FLAGS.rounds
-    solo_per_model = total / (solo_time / k)  # each solo run alone on the machine
-    solo_aggregate = k * total / solo_time  # K runs one after the other
-    group_per_model = total / group_time  # every replica advances this many steps/s
-    group_aggregate = k * total / group_time
+    total = steps * rounds
+    group_warm, group_time = _warm_and_time([train.build_job(cfgs, dataset)], steps, per_call,
+                                            rounds)
     result = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "layer_sizes": list(cfgs[0].model.layer_sizes),
         "num_replicas": k, "timed_steps_per_model": total, "steps_per_call": per_call,
-        "solo_steps_per_s_each_run": round(solo_per_model, 3),
-        "solo_model_steps_per_s_sequential": round(solo_aggregate, 3),
-        "group_steps_per_s_per_model": round(group_per_model, 3),
-        "group_model_steps_per_s": round(group_aggregate, 3),
-        "group_vs_sequential_solo_speedup": round(group_aggregate / solo_aggregate, 3),
-        "warmup_s": {"solo_all": round(solo_warm, 1), "group": round(group_warm, 1)},
+        "group_steps_per_s_per_model": round(total / group_time, 3),  # every model's speed
+        "group_model_steps_per_s": round(k * total / group_time, 3),
+        "warmup_s": {"group": round(group_warm, 1)},
         "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
     }
+    if FLAGS.solo:  # K single runs one after the other, alternating with nothing else
+        solo_warm, solo_time = _warm_and_time([train.build_job([c], dataset) for c in cfgs],
+                                              steps, per_call, rounds)
+        result |= {
+            "solo_steps_per_s_each_run": round(total / (solo_time / k), 3),
+            "solo_model_steps_per_s_sequential": round(k * total / solo_time, 3),
+            "group_vs_sequential_solo_speedup": round(solo_time / group_time, 3),
+        }
+        result["warmup_s"]["solo_all"] = round(solo_warm, 1)
     print(json.dumps(result, indent=2))
     if FLAGS.output:
         with open(FLAGS.output, "w") as f:

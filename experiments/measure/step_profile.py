@@ -1,6 +1,6 @@
 """Where the training step's time goes: one profiled call of the runner's compiled step.
 
-    python -m experiments.benchmark --profile          # timing, then this profile
+    python -m experiments.measure.benchmark --profile          # timing, then this profile
 
 Compiles the runner's K-step call (train.Job.chunk), runs it twice, then runs it
 once more under jax.profiler and reads the trace back (jax.profiler.ProfileData). XLA:CPU

@@ -105,6 +105,20 @@ def make_dataset(
     )
 
 
+def make_grey_dataset(name: str, arrays: Mapping[str, np.ndarray], origin: str,
+                      class_names: tuple[str, ...], image_shape: tuple[int, int, int]
+                      ) -> Dataset:
+    """``make_dataset`` for grey images stored as [n, H, W] (IDX files, caches): adds the
+    channel axis as a view (the same bytes in the same order)."""
+    arrays = dict(arrays)
+    for split in SPLITS:
+        images = np.asarray(arrays[split + "_images"])
+        if images.ndim != 3:
+            raise DataError(f"{origin}: {split} images are {images.dtype} {images.shape}")
+        arrays[split + "_images"] = images[..., np.newaxis]
+    return make_dataset(name, arrays, origin, class_names, image_shape)
+
+
 def check_sizes(dataset: Dataset, sizes: Mapping[str, int], origin: str) -> None:
     """Raises DataError unless each split named in `sizes` has exactly that many examples."""
     for split, n in sizes.items():

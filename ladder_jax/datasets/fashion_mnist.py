@@ -33,6 +33,7 @@ from ladder_jax.datasets.base import (
     check_sizes,
     default_cache_dir,
     make_dataset,
+    make_grey_dataset,
     tfds_arrays,
 )
 
@@ -89,11 +90,8 @@ def load(source: str, data_dir: str | None = None, cache_dir: str | None = None)
 
 
 def _from_3d(arrays: dict[str, np.ndarray], origin: str) -> Dataset:
-    """Returns the Dataset of IDX arrays (images [n, 28, 28]; adds the channel axis)."""
-    arrays = dict(arrays)
-    for split in ("train", "test"):
-        arrays[split + "_images"] = arrays[split + "_images"][..., np.newaxis]
-    return make_dataset(NAME, arrays, origin, CLASS_NAMES, IMAGE_SHAPE)
+    """The Dataset of arrays whose images are [n, 28, 28] (the channel axis added)."""
+    return make_grey_dataset(NAME, arrays, origin, CLASS_NAMES, IMAGE_SHAPE)
 
 
 # ----------------------------------------------------------------------------- Debian package

@@ -30,6 +30,7 @@ from ladder_jax.datasets.base import (
     check_sizes,
     default_cache_dir,
     make_dataset,
+    make_grey_dataset,
     tfds_arrays,
 )
 
@@ -72,14 +73,8 @@ def load(source: str, data_dir: str | None = None, cache_dir: str | None = None)
 
 
 def _from_3d(arrays: dict[str, np.ndarray], origin: str) -> Dataset:
-    """Returns the Dataset of arrays whose images are [n, 28, 28] (adds the channel axis)."""
-    arrays = dict(arrays)
-    for split in ("train", "test"):
-        images = np.asarray(arrays[split + "_images"])
-        if images.ndim != 3:
-            raise DataError(f"{origin}: {split} images are {images.dtype} {images.shape}")
-        arrays[split + "_images"] = images[..., np.newaxis]  # a view: same bytes, same order
-    return make_dataset(NAME, arrays, origin, CLASS_NAMES, IMAGE_SHAPE)
+    """The Dataset of arrays whose images are [n, 28, 28] (the channel axis added)."""
+    return make_grey_dataset(NAME, arrays, origin, CLASS_NAMES, IMAGE_SHAPE)
 
 
 # ----------------------------------------------------------------------------- PyPI wheel

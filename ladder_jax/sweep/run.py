@@ -68,9 +68,17 @@ def finished_result(cell: Cell, workdir: str) -> CellResult | None:
         if wd.read_config(workdir).identity() != cell.config.identity():
             return None
         results = wd.read_json(os.path.join(workdir, wd.RESULTS_FILE))
+        if not _reached_end(cell.config, results):
+            return None  # finished an earlier, shorter request (e.g. a smaller max_steps)
         return _result_from(cell, workdir, results, ran=False)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _reached_end(cfg, results: dict[str, Any]) -> bool:
+    """Whether a stored result covers ``cfg``'s stop point (max_steps, else all epochs)."""
+    whole_schedule = results["epochs"] >= cfg.epochs - 1e-9
+    return whole_schedule or bool(cfg.max_steps and results["step"] >= cfg.max_steps)
 
 
 def _result_from(cell: Cell, workdir: str, results: dict[str, Any], ran: bool) -> CellResult:

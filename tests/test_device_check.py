@@ -1,0 +1,35 @@
+"""scripts/device_check.sh end to end on this CPU, shrunk (DEVICE_CHECK_TINY=1): every step
+runs, writes its figures under $OUT and reports its exit code in summary.txt."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_device_check_runs_end_to_end_when_shrunk(tmp_path, mnist):
+    del mnist  # the data is in the cache before the script starts
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), DEVICE_CHECK_TINY="1", PYTHON=sys.executable,
+               DEVICE_CHECK_BUDGET_S="900")
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    proc = subprocess.run(["bash", "scripts/device_check.sh"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = (out / "summary.txt").read_text()
+    for step in ("devices", "tests", "benchmark", "replicas_1", "replicas_2", "table_mnist",
+                 "table_fashion"):
+        assert f"== {step} exit 0" in summary, summary
+    assert "cpu" in (out / "devices.log").read_text().lower()
+    assert json.loads((out / "benchmark.json").read_text())["ms_per_step"] > 0
+    for k in (1, 2):
+        figures = json.loads((out / f"replicas_{k}.json").read_text())
+        assert figures["num_replicas"] == k and figures["group_model_steps_per_s"] > 0
+    for table, rows in (("table_mnist", 2), ("table_fashion", 2)):
+        lines = (out / table / "results.csv").read_text().splitlines()
+        assert len(lines) == 1 + rows and all(",finished," in line for line in lines[1:])
+        assert "| full_100 |" in (out / table / "summary.md").read_text()
