@@ -58,6 +58,11 @@ def tiny_sweep(mnist, jax_cache, tmp_path_factory) -> str:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(trained_cells(proc.stderr)) == 8
     assert os.listdir(jax_cache)  # the compiled programs were kept
+    # Progress over the whole grid: cells done / total, the running cells, an ETA.
+    progress = re.findall(r"sweep: (\d+)/8 cells done(.*)", proc.stderr)
+    assert [int(done) for done, _ in progress][-1] == 8
+    assert any("now training" in rest for _, rest in progress)
+    assert any("ETA for the grid" in rest for _, rest in progress)
     return sweep_dir
 
 

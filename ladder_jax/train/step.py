@@ -6,6 +6,7 @@ of models when a job trains several.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -36,10 +37,27 @@ def model_inputs(data: DeviceData, rows: jax.Array) -> jax.Array:
     return datasets_base.preprocess(data.images[rows], data.preprocessing)
 
 
-def noise_block_size(num_steps: int, limit: int = 100) -> int:
-    """Steps whose noise is drawn at once: the largest divisor of num_steps up to ``limit``
-    (the pre-drawn noise takes about 2.4 MB per paper step, so memory stays bounded)."""
+#: At most this many bytes of noise are drawn ahead (a paper MLP step needs 2.4 MB, a
+#: Conv-Small step 58 MB), and at most this many steps.
+NOISE_BLOCK_BYTES = 256 * 2**20
+NOISE_BLOCK_STEPS = 100
+
+
+def noise_block_size(num_steps: int, bytes_per_step: int = 0) -> int:
+    """Steps whose noise is drawn at once: the largest divisor of num_steps up to
+    NOISE_BLOCK_STEPS whose noise fits in NOISE_BLOCK_BYTES (the block size does not change
+    the numbers, only memory and speed)."""
+    limit = NOISE_BLOCK_STEPS
+    if bytes_per_step:
+        limit = max(1, min(limit, NOISE_BLOCK_BYTES // bytes_per_step))
     return max(d for d in range(1, min(num_steps, limit) + 1) if num_steps % d == 0)
+
+
+def noise_bytes_per_step(model_cfg: ModelConfig, noisy_rows: int) -> int:
+    """Bytes of float32 noise one step draws (every noisy layer, every corrupted row)."""
+    units = sum(math.prod(shape) for std, shape in zip(model_cfg.noise_std,
+                                                       model_cfg.layer_shapes) if std > 0)
+    return 4 * noisy_rows * units
 
 
 def train_steps(model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
@@ -74,8 +92,8 @@ def train_steps(model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
     # drawn inside the step, XLA fuses the generator into each layer's consumers, where it
     # runs several times slower. Same keys, so the same numbers either way.
     num_steps = labeled_rows.shape[0]
-    block = noise_block_size(num_steps)
     noisy_rows = labeled_rows.shape[1] + (0 if unlabeled_rows is None else unlabeled_rows.shape[1])
+    block = noise_block_size(num_steps, noise_bytes_per_step(model_cfg, noisy_rows))
 
     def block_fn(state: TrainState, block_rows):
         steps = state.step + jnp.arange(block, dtype=state.step.dtype)
