@@ -323,7 +323,7 @@ _CONV_LARGE = ("convv:96:3:1:1-convf:96:3:1:1-convf:96:3:1:1-maxpool:2:2-convv:1
 _CIFAR = {"family": "conv", "conv_layers": _CONV_LARGE, "input_shape": (32, 32, 3),
           "activation": "leakyrelu", "top_c": False}
 
-#: Named presets: the paper's permutation-invariant MNIST settings (LADDER_SPEC.md).
+#: Named presets: the paper's settings (LADDER_SPEC.md): permutation-invariant MNIST, then conv.
 PRESETS: dict[str, TrainConfig] = {
     "full_100": _paper_mnist(_SEMI_WEIGHTS_100, 0.3, 100),
     "full_1000": _paper_mnist(_SEMI_WEIGHTS_1000, 0.2, 1000),
