@@ -20,13 +20,15 @@ FLAGS = flags.FLAGS
 MODEL, DATA, SCHEDULE, OUTPUT, SCALE_OUT = ("model", "data", "schedule", "output and resume",
                                             "scale-out")
 _GROUP_ORDER = (MODEL, DATA, SCHEDULE, OUTPUT, SCALE_OUT)
+#: The most models --num_replicas trains in one program (more would take long to even set up).
+MAX_REPLICAS = 10_000
 _defined: dict[str, list[str]] = {g: [] for g in _GROUP_ORDER}
 
 
-def _define(kind: str, name: str, default: Any, *args: Any) -> None:
-    """flags.DEFINE_<kind>(name, default, *args[:-1]) in group args[-1]."""
+def _define(kind: str, name: str, default: Any, *args: Any, **bounds: Any) -> None:
+    """flags.DEFINE_<kind>(name, default, *args[:-1], **bounds) in group args[-1]."""
     *define_args, group = args
-    getattr(flags, f"DEFINE_{kind}")(name, default, *define_args, module_name=group)
+    getattr(flags, f"DEFINE_{kind}")(name, default, *define_args, module_name=group, **bounds)
     flags.declare_key_flag(name)  # listed by the runner's --help
     _defined[group].append(name)
 
@@ -104,10 +106,12 @@ def define_scale_out_flags() -> None:
     """Devices, replicas and multi-host start-up (docs/scale_out.md)."""
     _define("integer", "num_devices", 0, "Devices to train on (0: all devices of all "
             "processes). Each batch is split over them (data parallel); batch sizes must "
-            "divide evenly. One device = the plain single-device path.", SCALE_OUT)
+            "divide evenly. One device = the plain single-device path.", SCALE_OUT,
+            lower_bound=0)
     _define("integer", "num_replicas", 1, "Train this many independent models (seeds --seed "
             ".. --seed+K-1) in one compiled program; each reports into "
-            "<workdir>/replica_seed<S>_labels<N>/.", SCALE_OUT)
+            "<workdir>/replica_seed<S>_labels<N>/.", SCALE_OUT, lower_bound=1,
+            upper_bound=MAX_REPLICAS)
     _define("enum", "distributed", "off", ["off", "auto", "manual"], "Multi-host: 'auto' "
             "calls jax.distributed.initialize() with no arguments (TPU pods, SLURM); 'manual' "
             "needs --coordinator_address, --num_processes, --process_id. Implied 'manual' "
@@ -115,9 +119,9 @@ def define_scale_out_flags() -> None:
     _define("string", "coordinator_address", None, "host:port of process 0 (--distributed).",
             SCALE_OUT)
     _define("integer", "num_processes", None, "Number of processes (--distributed=manual).",
-            SCALE_OUT)
+            SCALE_OUT, lower_bound=1)
     _define("integer", "process_id", None, "This process's index (--distributed=manual).",
-            SCALE_OUT)
+            SCALE_OUT, lower_bound=0)
 
 
 _MODEL_FIELDS = ("noise_std", "denoise_weights", "combinator", "matmul_dtype", "activation")
@@ -139,17 +143,24 @@ def floats_flag(name: str) -> tuple[float, ...]:
     return _floats(name, FLAGS[name].value)
 
 
+def _ints(name: str, values: list[str]) -> list[int]:
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise config.ConfigError(f"--{name}={','.join(values)} must be whole numbers "
+                                 "separated by commas") from None
+
+
 def ints_flag(name: str) -> list[int]:
     """The whole numbers of list flag ``name`` (ConfigError, one line, otherwise)."""
-    try:
-        return [int(v) for v in FLAGS[name].value]
-    except ValueError:
-        raise config.ConfigError(f"--{name}={','.join(FLAGS[name].value)} must be whole "
-                                 "numbers separated by commas") from None
+    return _ints(name, FLAGS[name].value)
 
 
 def _given(name: str) -> Any:
-    return FLAGS[name].value if name in FLAGS else None
+    """The value of shared flag ``name`` if this runner defined it here (None otherwise): a
+    runner's own flag of the same name (the sweep's list --num_labels) is not a run's."""
+    defined = any(name in names for names in _defined.values())
+    return FLAGS[name].value if defined and name in FLAGS else None
 
 
 def model_changes_from_flags(base: config.TrainConfig | None) -> dict[str, Any]:
@@ -167,7 +178,7 @@ def model_changes_from_flags(base: config.TrainConfig | None) -> dict[str, Any]:
         if value is not None:
             model[name] = value
     if base is not None and _given("layer_sizes") is not None:
-        sizes = tuple(int(s) for s in _floats("layer_sizes", _given("layer_sizes")))
+        sizes = tuple(_ints("layer_sizes", _given("layer_sizes")))
         model.update(_resized(base, "layer_sizes", sizes, model))
     if base is not None and _given("conv_layers") is not None:
         model.update(_resized(base, "conv_layers", _given("conv_layers"), model))
