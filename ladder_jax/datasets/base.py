@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import jax
@@ -117,6 +117,14 @@ def make_grey_dataset(name: str, arrays: Mapping[str, np.ndarray], origin: str,
             raise DataError(f"{origin}: {split} images are {images.dtype} {images.shape}")
         arrays[split + "_images"] = images[..., np.newaxis]
     return make_dataset(name, arrays, origin, class_names, image_shape)
+
+
+def from_source(source: str, loaders: Mapping[str, Callable[[], Dataset]]) -> Dataset:
+    """``loaders[source]()``, or DataError listing the valid sources."""
+    if source not in loaders:
+        raise DataError(f"unknown data source {source!r}; valid sources are: "
+                        f"{', '.join(loaders)}")
+    return loaders[source]()
 
 
 def check_sizes(dataset: Dataset, sizes: Mapping[str, int], origin: str) -> None:

@@ -11,13 +11,11 @@ cache is rebuilt from.
 
 from __future__ import annotations
 
-import glob
 import gzip
 import hashlib
 import io
 import lzma
 import os
-import subprocess
 import tarfile
 import tempfile
 import zlib
@@ -25,17 +23,8 @@ import zlib
 import numpy as np
 from absl import logging
 
-from ladder_jax.datasets import storage
-from ladder_jax.datasets.base import (
-    FIELDS,
-    DataError,
-    Dataset,
-    check_sizes,
-    default_cache_dir,
-    make_dataset,
-    make_grey_dataset,
-    tfds_arrays,
-)
+from ladder_jax.datasets import base, storage
+from ladder_jax.datasets.base import FIELDS, Dataset, make_grey_dataset
 
 NAME = "fashion_mnist"
 SOURCES = ("debian", "idx", "tfds")
@@ -69,24 +58,21 @@ class _CorruptDeb(Exception):
 
 
 def load(source: str, data_dir: str | None = None, cache_dir: str | None = None) -> Dataset:
-    """Returns Fashion-MNIST (uint8 images [n, 28, 28, 1], int32 labels [n]) from `source`.
-
-    source: "debian" (cached in `cache_dir`, default `default_cache_dir()`; `data_dir` unused),
-    "idx" (the four official files, optionally .gz, in `data_dir`) or "tfds" (`data_dir` is
-    passed to tensorflow_datasets). Raises DataError with a one-line fix on any failure.
+    """Fashion-MNIST (uint8 images [n, 28, 28, 1], int32 labels [n]) from `source`:
+    "debian" (Debian's package, cached in `cache_dir`, default `base.default_cache_dir()`), "idx"
+    (the four official files, optionally .gz, in `data_dir`) or "tfds". Raises DataError
+    with a one-line fix on any failure.
     """
     data_dir = os.path.expanduser(data_dir) if data_dir else data_dir
-    if source == "debian":
-        return _load_debian(os.path.expanduser(cache_dir) if cache_dir else default_cache_dir())
-    if source == "idx":
-        arrays = storage.read_idx_dir(data_dir, "Fashion-MNIST", "--data_dir=DIR")
-        return _from_3d(arrays, f"IDX files in {data_dir}")
-    if source == "tfds":
-        arrays = tfds_arrays("fashion_mnist", data_dir, "--data_source=debian or idx")
-        return make_dataset(
-            NAME, arrays, "tensorflow_datasets fashion_mnist", CLASS_NAMES, IMAGE_SHAPE
-        )
-    raise DataError(f"unknown data source {source!r}; valid sources are: {', '.join(SOURCES)}")
+    cache_dir = os.path.expanduser(cache_dir) if cache_dir else base.default_cache_dir()
+    return base.from_source(source, {
+        "debian": lambda: _load_debian(cache_dir),
+        "idx": lambda: _from_3d(storage.read_idx_dir(data_dir, "Fashion-MNIST", "--data_dir=DIR"),
+                                f"IDX files in {data_dir}"),
+        "tfds": lambda: base.make_dataset(
+            NAME, base.tfds_arrays("fashion_mnist", data_dir, "--data_source=debian or idx"),
+            "tensorflow_datasets fashion_mnist", CLASS_NAMES, IMAGE_SHAPE),
+    })
 
 
 def _from_3d(arrays: dict[str, np.ndarray], origin: str) -> Dataset:
@@ -99,18 +85,7 @@ def _from_3d(arrays: dict[str, np.ndarray], origin: str) -> Dataset:
 
 def _apt_get(args: list[str], cwd: str) -> tuple[bool, str]:
     """Returns (succeeded, its stderr or stdout) of `apt-get *args` run in `cwd`."""
-    try:
-        proc = subprocess.run(
-            ["apt-get", *args],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=_APT_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:  # OSError: no apt-get on this system
-        return False, str(e)
-    return proc.returncode == 0, (proc.stderr or proc.stdout).strip()
+    return storage.run_tool(["apt-get", *args], _APT_TIMEOUT_S, cwd=cwd)
 
 
 def _last_error(detail: str) -> str:
@@ -130,15 +105,10 @@ def _apt_download(dest: str) -> str:
             ok, detail = _apt_get(["update"], tmpdir)
             if ok:
                 ok, detail = _apt_get(["download", _DEB_PACKAGE], tmpdir)
-        debs = glob.glob(os.path.join(tmpdir, f"{_DEB_PACKAGE}_*.deb"))
-        if not ok or len(debs) != 1:
-            raise DataError(
-                f"could not fetch the Debian package {_DEB_PACKAGE} with apt-get "
-                f"({_last_error(detail)}); get the files another way and pass {_HINT}"
-            )
-        path = os.path.join(dest, _DEB_FILE)
-        os.replace(debs[0], path)
-    return path
+        return storage.keep_download(
+            tmpdir, f"{_DEB_PACKAGE}_*.deb", os.path.join(dest, _DEB_FILE), ok,
+            f"could not fetch the Debian package {_DEB_PACKAGE} with apt-get "
+            f"({_last_error(detail)}); get the files another way and pass {_HINT}")
 
 
 def _ar_member(raw: bytes, prefix: str) -> bytes:
@@ -188,28 +158,17 @@ def _read_deb(deb: str) -> dict[str, np.ndarray]:
 
 def _fetch_arrays(cache_dir: str) -> dict[str, np.ndarray]:
     """Returns the verified IDX arrays from the kept .deb, downloading it if needed."""
-    deb = os.path.join(cache_dir, _DEB_FILE)
-    if os.path.exists(deb):
-        try:
-            return _read_deb(deb)
-        except _CorruptDeb as e:
-            logging.warning("cached .deb is corrupt (%s); deleting it and downloading it again", e)
-            storage.remove_quietly(deb)
-    deb = _apt_download(cache_dir)
-    try:
-        return _read_deb(deb)
-    except _CorruptDeb as e:
-        raise DataError(
-            f"the downloaded {_DEB_PACKAGE} package failed verification ({e}); pass {_HINT}"
-        ) from None
+    return storage.kept_or_fetched(os.path.join(cache_dir, _DEB_FILE), _read_deb,
+                                   lambda: _apt_download(cache_dir), _CorruptDeb,
+                                   f"{_DEB_PACKAGE} .deb", _HINT)
 
 
 def _from_cache(path: str):
     """Returns the function that turns the cached npz arrays of `path` into a full Dataset."""
 
     def build(arrays: dict[str, np.ndarray]) -> Dataset:
-        dataset = make_dataset(NAME, arrays, path, CLASS_NAMES, IMAGE_SHAPE)
-        check_sizes(dataset, _SPLIT_SIZES, path)
+        dataset = base.make_dataset(NAME, arrays, path, CLASS_NAMES, IMAGE_SHAPE)
+        base.check_sizes(dataset, _SPLIT_SIZES, path)
         return dataset
 
     return build
@@ -219,12 +178,13 @@ def _load_debian(cache_dir: str) -> Dataset:
     """Returns Fashion-MNIST from the npz cache, else from the (kept or downloaded) .deb."""
     storage.ensure_dir(cache_dir, "Fashion-MNIST")
     npz = os.path.join(cache_dir, _NPZ_FILE)
-    cached = storage.read_verified_npz(npz, FIELDS, _from_cache(npz), "Fashion-MNIST cache")
-    if cached is not None:
-        return cached
-    dataset = _from_3d(_fetch_arrays(cache_dir), f"the {_DEB_PACKAGE} package")
-    check_sizes(dataset, _SPLIT_SIZES, f"the {_DEB_PACKAGE} package")
+    origin = f"the {_DEB_PACKAGE} package"
+
+    def build() -> Dataset:
+        dataset = _from_3d(_fetch_arrays(cache_dir), origin)
+        base.check_sizes(dataset, _SPLIT_SIZES, origin)
+        return dataset
+
     # Stored with the channel axis: [n, 28, 28, 1], exactly the arrays load returns.
-    arrays = {field: getattr(dataset, field) for field in FIELDS}
-    storage.try_write_verified_npz(npz, arrays, "Fashion-MNIST cache")
-    return dataset
+    return storage.cached_in_npz(npz, FIELDS, "Fashion-MNIST cache", _from_cache(npz), build,
+                                 lambda d: {f: getattr(d, f) for f in FIELDS})

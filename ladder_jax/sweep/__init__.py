@@ -37,8 +37,4 @@ from ladder_jax.sweep.run import (
                                    run_sweep,
 )
 
-__all__ = ["FAILED", "FINISHED", "PAPER_FULL_LADDER", "PENDING", "Cell", "CellResult",
-           "SweepResult", "aggregate", "build_grid", "build_table", "finished_result",
-           "preset_families", "preset_for", "read_csv", "row_stats", "run_cell",
-           "run_cells_as_replicas", "run_cells_sequentially", "run_sweep", "split_preset",
-           "summary_markdown", "table_markdown", "write_outputs", "write_table_outputs"]
+__all__ = [name for name in dir() if not name.startswith("_")]  # the names above

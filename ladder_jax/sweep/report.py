@@ -156,20 +156,38 @@ def summary_markdown(results: Sequence[CellResult], command: str | None = None) 
     return "\n".join(lines)
 
 
-def plot_label_efficiency(results: Sequence[CellResult], path: str) -> bool:
-    """label_efficiency.png: test error % vs labels (log x), mean ± std per preset, with the
-    paper's full-ladder points. Returns False (and logs how to install it) without matplotlib.
-    """
+def _pyplot(path: str):
+    """matplotlib.pyplot on the Agg backend, or None (with a warning saying how to install
+    it, naming the plot ``path`` that is not drawn)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import matplotlib.ticker
     except ImportError:
         logging.warning("matplotlib is not installed, so %s was not drawn: "
                         "pip install 'ladder_jax[plots]'", os.path.basename(path))
+        return None
+    return plt
+
+
+def _save(plt, fig, path: str) -> None:
+    """Writes ``fig`` as a PNG to ``path`` atomically, then closes it."""
+    fig.tight_layout()
+    try:
+        _atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
+    finally:
+        plt.close(fig)
+
+
+def plot_label_efficiency(results: Sequence[CellResult], path: str) -> bool:
+    """label_efficiency.png: test error % vs labels (log x), mean ± std per preset, with the
+    paper's full-ladder points. Returns False (and logs how to install it) without matplotlib.
+    """
+    plt = _pyplot(path)
+    if plt is None:
         return False
+    import matplotlib.ticker
     labels, presets, stats = aggregate(results)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     markers = "osD^v<>"
@@ -207,27 +225,15 @@ def plot_label_efficiency(results: Sequence[CellResult], path: str) -> bool:
     ax.set_title("Permutation-invariant MNIST: test error vs. labels" + subtitle)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        _atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
-    finally:
-        plt.close(fig)
+    _save(plt, fig, path)
     return True
 
 
 def write_outputs(results: Sequence[CellResult], sweep_dir: str, *, command: str | None = None,
                   plot: bool = True) -> dict[str, str]:
     """Writes results.csv, summary.md and (if ``plot`` and matplotlib is there) the plot."""
-    paths = {"csv": os.path.join(sweep_dir, RESULTS_CSV),
-             "summary": os.path.join(sweep_dir, SUMMARY_MD)}
-    write_csv(results, paths["csv"])
-    text = summary_markdown(results, command)
-    _atomic_write(paths["summary"], lambda f: f.write(text))
-    if plot and any(r.status == FINISHED for r in results):
-        png = os.path.join(sweep_dir, PLOT_PNG)
-        if plot_label_efficiency(results, png):
-            paths["plot"] = png
-    return paths
+    return _write_all(results, sweep_dir, summary_markdown(results, command),
+                      (PLOT_PNG, plot_label_efficiency) if plot else None)
 
 
 # ----------------------------------------------------------------------------- results table
@@ -292,14 +298,8 @@ def _curve(workdir: str) -> dict[float, float]:
 def plot_curves(results: Sequence[CellResult], path: str) -> bool:
     """test_error_curves.png: test error % per epoch (log y), per row the median over seeds
     and the min-max band. Returns False (and logs how to install it) without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logging.warning("matplotlib is not installed, so %s was not drawn: "
-                        "pip install 'ladder_jax[plots]'", os.path.basename(path))
+    plt = _pyplot(path)
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for row in dict.fromkeys(r.cell.source_preset for r in results):
@@ -319,11 +319,7 @@ def plot_curves(results: Sequence[CellResult], path: str) -> bool:
     ax.set_title("Test error per epoch: median over seeds, min-max band")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        _atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
-    finally:
-        plt.close(fig)
+    _save(plt, fig, path)
     return True
 
 
@@ -332,13 +328,20 @@ def write_table_outputs(results: Sequence[CellResult], sweep_dir: str,
                         command: str | None = None, plot: bool = True,
                         title: str = "Results table") -> dict[str, str]:
     """Writes results.csv, summary.md (table_markdown) and, if ``plot``, the curves PNG."""
+    return _write_all(results, sweep_dir, table_markdown(results, paper, command, title),
+                      (CURVES_PNG, plot_curves) if plot else None)
+
+
+def _write_all(results: Sequence[CellResult], sweep_dir: str, summary: str,
+               plot: tuple[str, Callable[..., bool]] | None) -> dict[str, str]:
+    """results.csv, summary.md (``summary``) and, once a cell finished, the plot (file name,
+    drawing function); returns the paths written by kind."""
     paths = {"csv": os.path.join(sweep_dir, RESULTS_CSV),
              "summary": os.path.join(sweep_dir, SUMMARY_MD)}
     write_csv(results, paths["csv"])
-    text = table_markdown(results, paper, command, title)
-    _atomic_write(paths["summary"], lambda f: f.write(text))
-    if plot and any(r.status == FINISHED for r in results):
-        png = os.path.join(sweep_dir, CURVES_PNG)
-        if plot_curves(results, png):
-            paths["plot"] = png
+    _atomic_write(paths["summary"], lambda f: f.write(summary))
+    if plot is not None and any(r.status == FINISHED for r in results):
+        name, draw = plot
+        if draw(results, os.path.join(sweep_dir, name)):
+            paths["plot"] = os.path.join(sweep_dir, name)
     return paths

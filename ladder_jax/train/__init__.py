@@ -24,9 +24,4 @@ from ladder_jax.train.state import (
 )
 from ladder_jax.train.step import DeviceData, noise_block_size, train_steps
 
-__all__ = ["DeviceData", "Job", "RunResult", "Schedule", "TrainState", "TrainingDiverged",
-           "build_job", "check_models", "error_rate", "eta_string", "learning_rate_schedule",
-           "load_dataset",
-           "load_run", "make_optimizer", "metric_names", "noise_block_size",
-           "population_stats", "predict", "predict_from_workdir", "replica_workdir",
-           "shape_key", "train_and_evaluate", "train_group", "train_models", "train_steps"]
+__all__ = [name for name in dir() if not name.startswith("_")]  # the names above
