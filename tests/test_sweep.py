@@ -212,7 +212,8 @@ def test_grid_uses_the_papers_settings_per_label_count():
     assert source[("full", 1000)] == "full_1000"
     assert source[("full", "all")] == "full_all"
     assert source[("gamma", 1000)] == "gamma_100"
-    assert source[("baseline", "all")] == "baseline_100"
+    assert source[("baseline", "all")] == "baseline_all"
+    assert source[("baseline", 20)] == "baseline_100"
     cell = next(c for c in cells if c.name == "full_labels1000_seed1")
     assert cell.config.model == config_lib.PRESETS["full_1000"].model
     assert (cell.config.num_labels, cell.config.seed) == (1000, 1)
