@@ -194,8 +194,12 @@ def train_changes_from_flags() -> dict[str, Any]:
 
 
 def config_from_flags(base: config.TrainConfig) -> config.TrainConfig:
-    """``base`` with every defined and given flag applied (ConfigError, one line, if bad)."""
-    return base.replace(model=model_changes_from_flags(base), **train_changes_from_flags())
+    """``base`` with every defined and given flag applied (ConfigError, one line, if bad).
+    A conv net follows the chosen dataset's image shape (e.g. --dataset=cifar10: 32x32x3)."""
+    model, train = model_changes_from_flags(base), train_changes_from_flags()
+    if model.get("family", base.model.family) == "conv" and "dataset" in train:
+        model["input_shape"] = datasets.image_shape(train["dataset"])
+    return base.replace(model=model, **train)
 
 
 def _resized(base: config.TrainConfig, field: str, value: Any, model: dict[str, Any]

@@ -45,6 +45,11 @@ def sources(name: str) -> tuple[str, ...]:
     return tuple(_module(name).SOURCES)
 
 
+def image_shape(name: str) -> tuple[int, int, int]:
+    """(H, W, C) of the images of dataset ``name`` (without loading it)."""
+    return tuple(_module(name).IMAGE_SHAPE)
+
+
 def has_preprocessing(name: str) -> bool:
     """Returns whether data set `name` loads with a fitted Dataset.preprocessing (cifar10)."""
     return bool(getattr(_module(name), "HAS_PREPROCESSING", False))
@@ -76,6 +81,7 @@ __all__ = [
     "Preprocessing",
     "default_cache_dir",
     "has_preprocessing",
+    "image_shape",
     "load",
     "preprocess",
     "sources",
