@@ -4,6 +4,7 @@ user gives checked before any work, and one error line (never a traceback) for b
 from __future__ import annotations
 
 import functools
+import json
 import logging as std_logging
 import os
 import sys
@@ -291,3 +292,10 @@ def print_sweep_outcome(outcome, num_cells: int) -> int:
     for r in failed:
         print(f"failed: {r.cell.name}: {r.error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def write_json_output(path: str | None, figures: dict) -> None:
+    """Writes a measuring tool's figures as JSON to ``path`` (--output), if given."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(figures, f, indent=2)

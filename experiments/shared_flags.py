@@ -71,27 +71,20 @@ def define_data_flags(per_run: bool = True) -> None:
 
 
 def define_schedule_flags() -> None:
-    """Epochs, stop point, batch and learning rate."""
-    _define("integer", "epochs", None, "Epochs (passes over the unlabeled set); sets the "
-            "learning-rate schedule. Paper: 150.", SCHEDULE)
-    _define("integer", "max_steps", None, "Stop after this many steps (the schedule still "
-            "spans --epochs); a finished run resumes with a larger value.", SCHEDULE)
-    _define("integer", "batch_size", None, "Labeled (and unlabeled) examples per step. "
-            "Paper: 100 + 100.", SCHEDULE)
-    _define("float", "lr", None, "Adam learning rate before the decay. Paper: 0.002.", SCHEDULE)
-    _define("float", "decay_start", None, "Fraction of training after which the learning "
-            "rate decays linearly to 0. Paper: 0.67.", SCHEDULE)
+    """Epochs, stop point, batch and learning rate (paper: 150 epochs, 100 + 100, 0.002)."""
+    _define("integer", "epochs", None, "Passes over the unlabeled set; sets the lr schedule.", SCHEDULE)
+    _define("integer", "max_steps", None, "Stop after this many steps (resumable).", SCHEDULE)
+    _define("integer", "batch_size", None, "Labeled (= unlabeled) examples per step.", SCHEDULE)
+    _define("float", "lr", None, "Adam learning rate before the decay.", SCHEDULE)
+    _define("float", "decay_start", None, "Fraction of training before the linear decay.", SCHEDULE)
 
 
 def define_output_flags() -> None:
     """Evaluation, checkpoint and compile bookkeeping (may change when a run resumes)."""
     _define("integer", "eval_every", None, "Evaluate on the test set every N epochs.", OUTPUT)
-    _define("integer", "checkpoint_every", None, "Steps between checkpoints (0: at "
-            "evaluations and the end only).", OUTPUT)
-    _define("integer", "steps_per_call", None, "Training steps per compiled call "
-            "(lax.scan).", OUTPUT)
-    _define("string", "compilation_cache_dir", None, "JAX persistent compilation cache "
-            "directory (default: $JAX_COMPILATION_CACHE_DIR, or none).", OUTPUT)
+    _define("integer", "checkpoint_every", None, "Steps between checkpoints (0: at evals).", OUTPUT)
+    _define("integer", "steps_per_call", None, "Training steps per compiled call.", OUTPUT)
+    _define("string", "compilation_cache_dir", None, "JAX compile cache dir ('none': off).", OUTPUT)
 
 
 def define_run_flags(default_workdir_help: str) -> None:

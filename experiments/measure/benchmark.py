@@ -29,7 +29,6 @@ Figures (all from this one process):
 from __future__ import annotations
 
 import functools
-import json
 import resource
 import statistics
 import time
@@ -200,9 +199,7 @@ def run(argv: list[str]) -> int:
         print("\nprofile of one more call (ms per step):")
         step_profile.print_profile(profile, FLAGS.top)
         figures["profile"] = {k: v for k, v in profile.items() if k != "ops"}
-    if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(figures, f, indent=2)
+    common.write_json_output(FLAGS.output, figures)
     return 0
 
 

@@ -99,9 +99,7 @@ def run(argv: list[str]) -> int:
         }
         result["warmup_s"]["solo_all"] = round(solo_warm, 1)
     print(json.dumps(result, indent=2))
-    if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(result, f, indent=2)
+    common.write_json_output(FLAGS.output, result)
     return 0
 
 
