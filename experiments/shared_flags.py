@@ -72,7 +72,7 @@ def define_data_flags(per_run: bool = True) -> None:
 
 def define_schedule_flags() -> None:
     """Epochs, stop point, batch and learning rate (paper: 150 epochs, 100 + 100, 0.002)."""
-    _define("integer", "epochs", None, "Passes over the unlabeled set; sets the lr schedule.", SCHEDULE)
+    _define("integer", "epochs", None, "Passes over the unlabeled set (sets the lr).", SCHEDULE)
     _define("integer", "max_steps", None, "Stop after this many steps (resumable).", SCHEDULE)
     _define("integer", "batch_size", None, "Labeled (= unlabeled) examples per step.", SCHEDULE)
     _define("float", "lr", None, "Adam learning rate before the decay.", SCHEDULE)

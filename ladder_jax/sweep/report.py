@@ -262,7 +262,8 @@ def table_markdown(results: Sequence[CellResult],
     lines = [f"# {title}", "",
              ("Final test error (%): mean ± sample standard deviation (ddof=1) over n finished "
               "seeds, beside the published figure (mean ± std where the paper gives one)."), "",
-             "| row | ours | n | published | ours - published | steps |", "|---|---|---|---|---|---|"]
+             "| row | ours | n | published | ours - published | steps |",
+             "|---|---|---|---|---|---|"]
     for row, stat in row_stats(results).items():
         ours = "-" if stat.mean is None else (
             f"{stat.mean:.2f} ± {'-' if stat.std is None else f'{stat.std:.2f}'}")
