@@ -77,8 +77,9 @@ def build_grid(presets: Sequence[str], num_labels: Sequence[int | str], seeds: S
     Each cell's config is its family's preset (see ``preset_for``) with the cell's num_labels
     and seed, ``model_changes`` (ModelConfig fields) and ``train_changes`` (TrainConfig
     fields, e.g. epochs=1, max_steps=300) applied. ``layer_sizes`` replaces the network
-    widths; the preset's per-layer lambdas and noise keep their bottom and top layers. Raises ConfigError for a bad value
-    (e.g. a label count that is not a multiple of the class count), before anything runs.
+    widths; the preset's per-layer lambdas and noise keep their bottom and top layers.
+    Raises ConfigError for a bad value (e.g. a label count that is not a multiple of the
+    class count), before anything runs.
     """
     if not presets or not num_labels or not seeds:
         raise ConfigError("a sweep needs at least one preset, one label count and one seed")
