@@ -445,7 +445,7 @@ def test_amlp_combinator_matches_per_unit_numpy_mlp():
     np.testing.assert_array_equal(zhat0, 0.0)
 
     p = {k: jnp.asarray(rng.standard_normal(v.shape), jnp.float32) for k, v in init.items()}
-    np.testing.assert_allclose(apply(p, z, u), np_amlp(p, f64(z), f64(u), combinators.AMLP_LEAK),
+    np.testing.assert_allclose(apply(p, z, u), np_amlp(p, f64(z), f64(u), 0.1),
                                rtol=1e-5, atol=1e-5)
 
     # the config's amlp_hidden reaches models.init

@@ -296,16 +296,9 @@ def test_a_run_extended_with_a_larger_max_steps_equals_the_longer_run(uninterrup
     first = run_cli(f"--workdir={work}", *TINY_FLAGS, "--max_steps=200")
     assert first.returncode == 0, first.stderr[-3000:]
     assert workdir.read_json(os.path.join(work, "results.json"))["step"] == 200
-    more = run_cli(f"--workdir={work}", *TINY_FLAGS, "--max_steps=300", "--steps_per_call=7",
-                   "--checkpoint_every=50")
+    more = run_cli(f"--workdir={work}", *TINY_FLAGS, "--max_steps=300", "--checkpoint_every=50")
     assert more.returncode == 0, more.stderr[-3000:]
-    # Another steps_per_call compiles another program: the logged loss average may differ
-    # in its last bit (its sum fuses differently); the trained parameters are identical.
-    extended, whole = numeric_records(work), numeric_records(uninterrupted)
-    assert [r.keys() for r in extended] == [r.keys() for r in whole]
-    for a, b in zip(extended, whole):
-        assert a == pytest.approx(b, rel=1e-6, abs=0)
+    assert numeric_records(work) == numeric_records(uninterrupted)
     assert_same_params(work, uninterrupted)
     history = workdir.read_json(os.path.join(work, "config.json"))["bookkeeping_history"]
-    assert history[-1]["changed"] == {"max_steps": [200, 300], "steps_per_call": [10, 7],
-                                      "checkpoint_every": [20, 50]}
+    assert history[-1]["changed"] == {"max_steps": [200, 300], "checkpoint_every": [20, 50]}
