@@ -9,6 +9,9 @@
         device: train_and_evaluate in OUTDIR/run, interrupted at step STEPS_A and resumed
         to STEPS_B (checkpoints saved and restored collectively). Process 0 writes the
         final params to OUTDIR/multihost.npz.
+    python tests/parallel_worker.py conv_devices OUT.npz
+        (4 forced devices, for tests/test_conv_training.py) the tiny conv ladder on 1 and 4
+        devices, and K = 2 replicas on a 2 x 2 (replica x data) mesh (see conv_devices).
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ def devices(out: str) -> None:
     hlo = job.chunk.lower(state, job.data, *job_lib.batch_rows(job, 0, CHUNK), job.noise_keys)
     text = hlo.as_text()
     result["batch_split_4way"] = ('"data"=4' in text and 'sharding_constraint' in text
-                                  and '[{"data"}, {}]' in text)
+                                  and '[{"data"}, {}, {}, {}]' in text)  # images [B, H, W, C]
     result.update(solo_losses=solo_losses, dp_losses=dp_losses)
     for i, (a, b) in enumerate(zip(leaves(solo_params), leaves(dp_params))):
         result[f"solo_param_{i}"], result[f"dp_param_{i}"] = a, b
@@ -152,6 +155,75 @@ def multihost(port: str, num_processes: str, process_id: str, outdir: str) -> No
     multihost_utils.sync_global_devices("done")
 
 
+# ------------------------------------------ conv family (tests/test_conv_training.py)
+# A tiny conv ladder on 28x28 MNIST: 28 -> 12x12x8 (strided valid conv) -> 6x6x8 (max pool)
+# -> 4x4x10 -> 10 (global mean pool, the softmax top). Every layer type but fc and convf.
+CONV_SPEC = "convv:8:5:2:1-maxpool:2:2-convv:10:3:1:1-globalmeanpool:0"
+CONV_FULL = (1000.0, 10.0, 0.1, 0.1, 0.1)  # a denoising cost on every layer: full decoder
+CONV_GAMMA = (0.0, 0.0, 0.0, 0.0, 1.0)  # the Gamma-model: the top alone
+CONV_BATCH = 20  # labeled and unlabeled rows per step; 4 and 2 devices split it evenly
+CONV_STEPS = CHUNK  # one compiled call (compiling costs far more than stepping)
+
+
+def conv_config(weights=CONV_FULL, seed: int = 0, **changes):
+    """The tiny conv ladder as a TrainConfig (CONV_STEPS steps of CHUNK)."""
+    from ladder_jax import config
+
+    return config.preset("conv_small_gamma_100").replace(
+        model={"conv_layers": CONV_SPEC, "denoise_weights": weights, "noise_std": 0.3},
+        seed=seed, batch_size=CONV_BATCH, unlabeled_batch_size=CONV_BATCH, epochs=1,
+        steps_per_call=CHUNK, checkpoint_every=CHUNK, max_steps=CONV_STEPS, **changes)
+
+
+def conv_devices(out: str) -> None:
+    """(run with XLA_FLAGS=--xla_force_host_platform_device_count=4) the tiny conv ladder,
+    per-step losses and final params of: the full decoder on 1 device and data parallel on
+    4; the Gamma-model on 1 device for seeds 0 and 1 (labels 100 and 50; one program) and as
+    a 2-replica group of both on a 2 x 2 (replica x data) mesh. Keys: <variant>_<run>_losses,
+    <variant>_<run>_param_<i> and <variant>_<run>_num_devices (that its params lie on), for
+    full_solo0, full_dp, gamma_solo0, gamma_solo1, gamma_group0, gamma_group1."""
+    import jax
+
+    from ladder_jax import datasets, parallel, train
+    from ladder_jax.train import job as job_lib
+
+    assert jax.device_count() == 4, jax.devices()
+    mnist = datasets.load("mnist")
+    result = {}
+
+    def store(name, losses, params):
+        result[f"{name}_losses"] = np.asarray(losses)
+        first = jax.tree_util.tree_leaves(params)[0]
+        result[f"{name}_num_devices"] = len(first.sharding.device_set)
+        for i, leaf in enumerate(leaves(params)):
+            result[f"{name}_param_{i}"] = leaf
+
+    mark("start")
+    cfg = conv_config(CONV_FULL)
+    store("full_solo0", *run_solo_or_mesh(cfg, mnist, None, CONV_STEPS))
+    mark("full decoder, 1 device done")
+    store("full_dp", *run_solo_or_mesh(cfg, mnist, parallel.make_mesh(4), CONV_STEPS))
+    mark("full decoder, 4 devices done")
+    cfgs = [conv_config(CONV_GAMMA), conv_config(CONV_GAMMA, seed=1, num_labels=50)]
+    for i, c in enumerate(cfgs):
+        store(f"gamma_solo{i}", *run_solo_or_mesh(c, mnist, None, CONV_STEPS))
+        mark(f"gamma, 1 device, seed {i} done")
+    mesh2 = parallel.make_mesh(4, num_replicas=2)
+    assert dict(mesh2.shape) == {"replica": 2, "data": 2}, mesh2.shape
+    group = train.build_job(cfgs, mnist, mesh=mesh2)
+    state = job_lib.init_job_state(group)
+    losses = []
+    for _ in range(CONV_STEPS // CHUNK):
+        state, step_losses = job_lib.run_steps(group, state, CHUNK)
+        losses.append(step_losses)
+    losses = np.concatenate(losses, axis=1)
+    for i, params in enumerate(job_lib.split(group, state.params)):
+        store(f"gamma_group{i}", losses[i], params)
+    mark("gamma, 2 replicas on a 2 x 2 mesh done")
+    np.savez(out, **result)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    {"devices": devices, "multihost": multihost}[sys.argv[1]](*sys.argv[2:])
+    {"devices": devices, "multihost": multihost, "conv_devices": conv_devices}[sys.argv[1]](
+        *sys.argv[2:])
