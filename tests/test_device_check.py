@@ -8,9 +8,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # ~3 minutes here: `bash scripts/test.sh -m slow tests/test_device_check.py`
 def test_device_check_runs_end_to_end_when_shrunk(tmp_path, mnist):
     del mnist  # the data is in the cache before the script starts
     out = tmp_path / "out"
