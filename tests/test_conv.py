@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import contractions  # tests/ is on sys.path under pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -326,6 +327,43 @@ def test_conv_transposes_are_the_encoder_convs_gradients_when_v_is_w_flipped():
         np.testing.assert_allclose(u, vjp(cot)[0], rtol=1e-4, atol=1e-4)
 
 
+def test_matmul_lowering_gives_the_lax_convolutions_numbers(x64, monkeypatch):
+    """XLA:CPU computes convolutions (and the decoder's transposes) as im2col matmuls; the
+    loss and every gradient equal lax.conv_general_dilated's in float64. The net has a
+    strided valid and a strided full conv (patches per tap) and a conv with more taps than
+    output positions (patches per position, as Conv-FC's 26 x 26), all decoded."""
+    spec = "convv:3:3:2:1-convf:4:2:2:1-maxpool:2:2-convv:3:2:1:1-globalmeanpool:0-fc:3"
+    cfg = conv_cfg(spec, input_shape=TINY_INPUT, weights=FULL)
+    assert cfg.layer_shapes == [(9, 9, 2), (4, 4, 3), (3, 3, 4), (2, 2, 4), (1, 1, 3), (3,),
+                                (3,)]
+    params = random_params(cfg, 31, dtype=np.float64)
+    xl, y, xu = batch(cfg, 32)
+    xl, xu = np.float64(xl), np.float64(xu)
+    noise = numpy_noise(cfg, len(xl) + len(xu), 33, np.float64)
+
+    def primitives(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield eqn.primitive.name
+            for sub in jax_core.jaxprs_in_params(eqn.params):
+                yield from primitives(sub)
+
+    def loss_and_grad(lowering):
+        monkeypatch.setattr(conv, "LOWERING", lowering)
+
+        def f(p):
+            return losses.ladder_loss(p, cfg, xl, y, xu, None, noise=noise)[0]
+
+        used = set(primitives(jax.make_jaxpr(f)(params).jaxpr))
+        return jax.jit(jax.value_and_grad(f))(params), used
+
+    (lax_loss, lax_grad), lax_ops = loss_and_grad("lax")
+    (mm_loss, mm_grad), mm_ops = loss_and_grad("matmul")
+    assert "conv_general_dilated" in lax_ops and "conv_general_dilated" not in mm_ops
+    np.testing.assert_allclose(mm_loss, lax_loss, rtol=1e-12)
+    for a, b in zip(jax.tree.leaves(mm_grad), jax.tree.leaves(lax_grad)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_unpooling_repeats_each_pooled_value_over_its_window():
     layers, shapes = conv.parse(TINY), TINY_SHAPES
     zhat = jnp.arange(2 * 3 * 3 * 4, dtype=jnp.float32).reshape(2, 3, 3, 4)
@@ -389,35 +427,6 @@ def test_gamma_decoder_is_the_top_combinator_on_the_corrupted_softmax():
 # ------------------------------------------------------------------- FLOPs
 
 
-def _pairs(n_in, k, n_out, stride, pad_lo, lhs_dil, rhs_dil):
-    """(output, tap) pairs that read a real input element (not padding, not a hole)."""
-    count = 0
-    for o in range(n_out):
-        for t in range(k):
-            p = o * stride + t * rhs_dil - pad_lo
-            count += 0 <= p <= (n_in - 1) * lhs_dil and p % lhs_dil == 0
-    return count
-
-
-def _eqn_flops(eqn) -> int:
-    if eqn.primitive.name == "dot_general":
-        lhs, rhs = (v.aval.shape for v in eqn.invars)
-        (_, rc), (_, rb) = eqn.params["dimension_numbers"]
-        free = [n for i, n in enumerate(rhs) if i not in rc and i not in rb]
-        return 2 * int(np.prod(lhs)) * int(np.prod(free))
-    params = eqn.params
-    assert params["feature_group_count"] == 1 and params["batch_group_count"] == 1
-    lhs, rhs = (v.aval.shape for v in eqn.invars)
-    out = eqn.outvars[0].aval.shape
-    ls, rs, os_ = params["dimension_numbers"]
-    macs = lhs[ls[0]] * lhs[ls[1]] * rhs[rs[0]]
-    for axis in range(len(ls) - 2):
-        macs *= _pairs(lhs[ls[2 + axis]], rhs[rs[2 + axis]], out[os_[2 + axis]],
-                       params["window_strides"][axis], params["padding"][axis][0],
-                       params["lhs_dilation"][axis], params["rhs_dilation"][axis])
-    return 2 * macs
-
-
 def traced_flops(cfg, n_labeled, n_unlabeled) -> tuple[int, int]:
     """(FLOPs, number of ops) of the conv_general_dilated and dot_general equations of the
     traced loss gradient, sub-jaxprs included."""
@@ -439,7 +448,7 @@ def traced_flops(cfg, n_labeled, n_unlabeled) -> tuple[int, int]:
                 yield from walk(sub)
 
     eqns = list(walk(jaxpr))
-    return sum(_eqn_flops(e) for e in eqns), len(eqns)
+    return sum(contractions.contraction_flops(e) for e in eqns), len(eqns)
 
 
 @pytest.mark.parametrize("cfg,ops_count", [
@@ -449,13 +458,14 @@ def traced_flops(cfg, n_labeled, n_unlabeled) -> tuple[int, int]:
     (conv_cfg(CONV_SMALL, weights=(0.0,) * 9 + (1.0,)), 3 * 6 - 1),
     (conv_cfg(CONV_FC, weights=(1000.0, 10.0) + (0.1,) * 6), 3 * 6 + 3 * 6 - 1),
 ])
-def test_step_flops_counts_the_traced_steps_convolutions_and_matmuls(cfg, ops_count):
+def test_step_flops_counts_the_traced_steps_convolutions_and_matmuls(cfg, ops_count,
+                                                                   lax_convolutions):
     flops, count = traced_flops(cfg, 4, 6)
     assert models.step_flops(cfg, 4, 6) == flops
     assert count == ops_count
 
 
-def test_bfloat16_applies_to_fc_matmuls_and_leaves_convolutions_float32():
+def test_bfloat16_applies_to_fc_matmuls_and_leaves_convolutions_float32(lax_convolutions):
     cfg = tiny_cfg(FULL, matmul_dtype="bfloat16")
     params = random_params(cfg, 23)
     xl, y, xu = batch(cfg, 24)

@@ -20,7 +20,6 @@ compiles while the runner's processes do.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import signal
@@ -28,6 +27,7 @@ import subprocess
 import sys
 import time
 
+import contractions
 import jax
 import numpy as np
 import parallel_worker as worker  # tests/ is on sys.path under pytest
@@ -76,35 +76,6 @@ def devices_worker(request, tmp_path_factory):
 FLOPS_SPEC = "convv:4:3:2:1-convf:4:2:1:1-maxpool:2:2-convf:3:2:2:1-globalmeanpool:0-fc:10"
 
 
-def _pairs(n_in: int, k: int, n_out: int, stride: int, pad_lo: int, lhs_dil: int,
-           rhs_dil: int) -> int:
-    """(output position, kernel tap) pairs of one spatial axis that read a real input
-    element (not padding, not a hole of lhs dilation)."""
-    o = np.arange(n_out)[:, None]
-    t = np.arange(k)[None, :]
-    p = o * stride + t * rhs_dil - pad_lo  # position in the dilated, padded input
-    return int(np.sum((p >= 0) & (p <= (n_in - 1) * lhs_dil) & (p % lhs_dil == 0)))
-
-
-def contraction_flops(eqn) -> int:
-    """2 x the multiply-adds of a dot_general or conv_general_dilated equation that touch
-    real data."""
-    lhs, rhs = (v.aval.shape for v in eqn.invars)
-    out = eqn.outvars[0].aval.shape
-    if eqn.primitive.name == "dot_general":
-        (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-        return 2 * math.prod(out) * math.prod(lhs[d] for d in lhs_contract)
-    p = eqn.params
-    assert p["feature_group_count"] == 1 and p["batch_group_count"] == 1, p
-    lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
-    macs = lhs[lhs_spec[0]] * lhs[lhs_spec[1]] * rhs[rhs_spec[0]]  # N x C_in x C_out
-    for axis in range(len(lhs_spec) - 2):
-        macs *= _pairs(lhs[lhs_spec[2 + axis]], rhs[rhs_spec[2 + axis]], out[out_spec[2 + axis]],
-                       p["window_strides"][axis], p["padding"][axis][0],
-                       p["lhs_dilation"][axis], p["rhs_dilation"][axis])
-    return 2 * macs
-
-
 @pytest.mark.parametrize("weights, num_ops", [
     ((1.0,) * 7, 3 * 4 - 1 + 3 * 4),  # full decoder: 4 convs/dots, each with a transpose V
     ((0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0), 3 * 4 - 1 + 3 * 2),  # decoded down to layer 3
@@ -112,7 +83,7 @@ def contraction_flops(eqn) -> int:
     (0.0, 3 * 4 - 1),  # supervised baseline: labeled rows only
 ])
 def test_benchmark_flops_count_the_traced_conv_steps_convolutions_and_matmuls(
-        weights, num_ops, mnist):
+        weights, num_ops, mnist, lax_convolutions):
     """Per encoder conv/fc layer: forward, weight gradient and input gradient (none for the
     lowest, whose input is data); per decoder transpose V the same three."""
     cfg = config.preset("conv_small_gamma_100").replace(
@@ -126,7 +97,7 @@ def test_benchmark_flops_count_the_traced_conv_steps_convolutions_and_matmuls(
     names = {eqn.primitive.name for eqn in ops}
     assert names == {"conv_general_dilated", "dot_general"}, names
     assert len(ops) == num_ops
-    assert sum(contraction_flops(eqn) for eqn in ops) == benchmark.step_flops(cfg)
+    assert sum(contractions.contraction_flops(eqn) for eqn in ops) == benchmark.step_flops(cfg)
 
 
 # ------------------------------------------------ SIGKILL and resume through the runner CLI

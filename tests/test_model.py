@@ -702,7 +702,7 @@ def test_count_params_of_the_paper_ladder():
 # ------------------------------------------------------------------------------ population
 
 
-def test_population_stats_match_layer_by_layer_numpy():
+def test_population_stats_match_layer_by_layer_numpy(monkeypatch):
     widths = (784, 24, 16, 10)
     cfg = small_cfg(widths=widths, weights=(0.0,) * 4, bn_eps=1e-3)
     params = random_params(cfg, 20)
@@ -727,7 +727,13 @@ def test_population_stats_match_layer_by_layer_numpy():
     pop_jit = jax.jit(models.population_stats, static_argnames=("cfg",))
     from_model = pop_jit(params, cfg, datasets.preprocess(jnp.asarray(images[rows]), None))
     from_train = train.population_stats(params, cfg, jnp.asarray(images), jnp.asarray(rows))
-    for stats in (from_model, from_train):
+    # a set too big for one batch goes layer by layer over chunks of rows (here 7 chunks,
+    # the last one short): the same statistics
+    per_example = 4 * sum(widths)
+    monkeypatch.setattr(train.evaluate, "BATCH_BYTES", 75 * per_example)
+    assert train.evaluate.chunk_rows(cfg) == 75
+    from_chunks = train.population_stats(params, cfg, jnp.asarray(images), jnp.asarray(rows))
+    for stats in (from_model, from_train, from_chunks):
         assert stats.mean[0] is None and stats.var[0] is None
         for layer in range(1, len(widths)):
             assert stats.mean[layer].shape == (widths[layer],)
@@ -747,8 +753,10 @@ def test_population_stats_match_layer_by_layer_numpy():
     own_stats = np_log_softmax(np_clean_encode(params, x_other, cfg.bn_eps)["logits"])
     assert max_diff(own_stats[:250], other[:250]) > 1e-2
     error = train.error_rate(params, cfg, from_train, jnp.asarray(images[rows]),
-                             jnp.asarray(labels))
+                             jnp.asarray(labels))  # in chunks of 75 rows
     np.testing.assert_allclose(error, np.mean(np.argmax(ref["logits"], -1) != labels))
+    predicted = train.predict(params, cfg, from_train, images[rows])
+    np.testing.assert_array_equal(predicted, np.argmax(ref["logits"], -1))
 
 
 # ------------------------------------------------------------------------------ real data

@@ -32,7 +32,8 @@ from ladder_jax.train import job as job_lib
 
 def matmul_ops(hlo_text: str) -> tuple[set[str], set[str]]:
     """(matmuls, dots): names of the instructions of a compiled HLO module that are matmuls
-    (dots, and fusions whose called computation contains a dot), and of the plain dots."""
+    (dots and convolutions, and fusions whose called computation contains one), and of
+    the plain dots (those XLA:CPU may run asynchronously)."""
     computations_with_dot, current = set(), None
     for line in hlo_text.splitlines():
         header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) \(", line)
@@ -41,11 +42,11 @@ def matmul_ops(hlo_text: str) -> tuple[set[str], set[str]]:
         elif current and re.search(r"\s(dot|convolution)\(", line):
             computations_with_dot.add(current)
     names, dots = set(), set()
-    for match in re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = .*?\s(dot|fusion)\((.*)$", hlo_text,
-                             re.MULTILINE):
+    pattern = r"^\s*(?:ROOT )?%([\w.\-]+) = .*?\s(dot|convolution|fusion)\((.*)$"
+    for match in re.finditer(pattern, hlo_text, re.MULTILINE):
         name, opcode, rest = match.groups()
         called = re.search(r"calls=%([\w.\-]+)", rest)
-        if opcode == "dot" or (called and called.group(1) in computations_with_dot):
+        if opcode != "fusion" or (called and called.group(1) in computations_with_dot):
             names.add(name)
         if opcode == "dot":
             dots.add(name)

@@ -84,7 +84,8 @@ def encode(
     noisy: per part, whether it is corrupted with ``cfg.noise_std`` (default: all clean).
         Clean and corrupted parts share each matmul or convolution: the weights are the same.
     key: draws the corruption (draw_noise(key, cfg, noisy rows)); or pass it drawn as ``noise``.
-    bn_stats: population statistics; when given, they replace the batch statistics.
+    bn_stats: population statistics; when given, they replace the batch statistics (a
+        layer whose entry is None keeps its batch statistics).
     """
     part_sizes = tuple(part_sizes) if part_sizes is not None else (x.shape[0],)
     noisy = tuple(noisy) if noisy is not None else (False,) * len(part_sizes)

@@ -67,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ladder_jax import combinators
-from ladder_jax.models import ops
+from ladder_jax.models import im2col, ops
 from ladder_jax.models.ops import BnStats, EncoderTrace, Params
 
 if TYPE_CHECKING:
@@ -325,11 +325,39 @@ def _decoder_geometry(layer: Layer, n_above: int, n_below: int) -> _Geometry:
     return _Geometry((low, high), 1, layer.stride)
 
 
+#: How convolutions are computed: "matmul" (im2col.py), "lax" (lax.conv_general_dilated),
+#: or "auto": matmuls on XLA:CPU, whose lax weight gradients are slow, lax elsewhere.
+LOWERING = "auto"
+
+
+def _as_matmuls() -> bool:
+    return LOWERING == "matmul" or (LOWERING == "auto" and jax.default_backend() == "cpu")
+
+
 def _convolve(x: jax.Array, w: jax.Array, geometry: Sequence[_Geometry]) -> jax.Array:
     """NHWC input, HWIO filters, one _Geometry per spatial axis; float32."""
     return jax.lax.conv_general_dilated(
         x, w, tuple(g.stride for g in geometry), tuple(g.pad for g in geometry),
         lhs_dilation=tuple(g.lhs_dilation for g in geometry), dimension_numbers=_DIMS)
+
+
+def _encoder_conv(x: jax.Array, w: jax.Array, layer: Layer) -> jax.Array:
+    geometry = _encoder_geometry(layer)
+    if _as_matmuls():
+        return im2col.conv(x, w, geometry.stride, geometry.pad)
+    return _convolve(x, w, (geometry,) * 2)
+
+
+def _decoder_conv(zhat: jax.Array, v: jax.Array, layer: Layer, below: Shape) -> jax.Array:
+    """Layer's transpose T with weights v [K, K, C_above, C_below] (_decoder_geometry).
+    T is the transpose of the encoder's convolution with the filter v flipped in space
+    and in/out channels swapped, which is how the matmul lowering computes it."""
+    if _as_matmuls():
+        w = jnp.flip(v, (0, 1)).transpose(0, 1, 3, 2)
+        geometry = _encoder_geometry(layer)
+        return im2col.conv_transpose(zhat, w, geometry.stride, geometry.pad, below)
+    geometry = [_decoder_geometry(layer, zhat.shape[1 + axis], below[axis]) for axis in (0, 1)]
+    return _convolve(zhat, v, geometry)
 
 
 def _maxpool(h: jax.Array, layer: Layer, out_shape: Shape) -> jax.Array:
@@ -351,7 +379,7 @@ def _forward(params: Params, cfg: ModelConfig, layer: Layer, index: int, h: jax.
         return jnp.mean(h, axis=(1, 2))
     if layer.kind == "maxpool":
         return _maxpool(h, layer, out_shape)
-    return _convolve(h, params["W"][_key(index)], (_encoder_geometry(layer),) * 2)
+    return _encoder_conv(h, params["W"][_key(index)], layer)
 
 
 def _batch_norm(x: jax.Array, part_sizes: Sequence[int],
@@ -391,7 +419,7 @@ def encode(params: Params, cfg: ModelConfig, x: jax.Array, *, part_sizes: Sequen
     logits = h
     for index, layer in enumerate(layers, start=1):
         zpre = _forward(params, cfg, layer, index, h, shapes[index])
-        if bn_stats is None:
+        if bn_stats is None or bn_stats.mean[index] is None:
             z, mean, var = _batch_norm(zpre, part_sizes, cfg.bn_eps)
         else:
             mean, var = bn_stats.mean[index], bn_stats.var[index]
@@ -430,8 +458,7 @@ def _transpose(params: Params, cfg: ModelConfig, layer: Layer, index: int, zhat:
     if layer.kind == "maxpool":
         u = jnp.take(zhat, _unpool_indices(below[0], layer.stride, zhat.shape[1]), axis=1)
         return jnp.take(u, _unpool_indices(below[1], layer.stride, zhat.shape[2]), axis=2)
-    geometry = [_decoder_geometry(layer, zhat.shape[1 + axis], below[axis]) for axis in (0, 1)]
-    return _convolve(zhat, params["V"][_key(index)], geometry)
+    return _decoder_conv(zhat, params["V"][_key(index)], layer, below)
 
 
 def _combine(combinator: combinators.Combinator, p: Params, z_noisy: jax.Array,

@@ -112,7 +112,7 @@ def encode(params: Params, cfg: ModelConfig, x: jax.Array, *, part_sizes: Sequen
     logits = h
     for layer in range(1, num_layers + 1):
         zpre = ops.matmul(h, params["W"][layer - 1], cfg.matmul_dtype)
-        if bn_stats is None:
+        if bn_stats is None or bn_stats.mean[layer] is None:
             z, mean, var = ops.batch_normalize(zpre, part_sizes, cfg.bn_eps)
         else:
             mean, var = bn_stats.mean[layer], bn_stats.var[layer]

@@ -4,6 +4,7 @@ prediction on new images. All of it runs on this process's default device."""
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -13,29 +14,86 @@ from ladder_jax import models
 from ladder_jax.config import ModelConfig
 from ladder_jax.datasets import base as datasets_base
 
+#: Bytes of activations one evaluation batch may hold. A larger set (a conv net over 60,000
+#: images) goes through in chunks of rows; the results are the same sums.
+BATCH_BYTES = 2**30
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+
+def chunk_rows(cfg: ModelConfig) -> int:
+    """Rows per evaluation batch: as many as BATCH_BYTES of the clean pass's z's hold."""
+    per_example = 4 * sum(math.prod(shape) for shape in cfg.layer_shapes)
+    return max(1, BATCH_BYTES // per_example)
+
+
 def population_stats(params: models.Params, cfg: ModelConfig, images: jax.Array,
                      rows: jax.Array, preprocessing=None) -> models.BnStats:
-    """Population batch-norm statistics over ``images[rows]`` (a clean pass, one batch)."""
+    """Exact population batch-norm statistics over ``images[rows]`` (a clean pass).
+
+    In one batch where it fits. Otherwise layer by layer, each over chunks of rows: layer
+    l's moments need the population statistics of the layers below it (as at test time),
+    so pass l runs the encoder up to l over every chunk with those, and the chunks' means
+    and variances are pooled exactly (Chan et al.)."""
+    rows = jnp.asarray(rows)
+    size = chunk_rows(cfg)
+    if rows.shape[0] <= size:
+        return _population_stats_one_batch(params, cfg, images, rows, preprocessing)
+    mean: list = [None] * (cfg.num_layers + 1)
+    var: list = [None] * (cfg.num_layers + 1)
+    for layer in range(1, cfg.num_layers + 1):
+        count, pooled_mean, pooled_m2 = 0, 0.0, 0.0
+        for start in range(0, rows.shape[0], size):
+            chunk = rows[start:start + size]
+            m, v = _batch_moments(params, cfg, models.BnStats(mean, var), images, chunk,
+                                  preprocessing, layer=layer)
+            m, v, k = np.asarray(m, np.float64), np.asarray(v, np.float64), chunk.shape[0]
+            delta, total = m - pooled_mean, count + k
+            pooled_mean = pooled_mean + delta * k / total
+            pooled_m2 = pooled_m2 + v * k + np.square(delta) * count * k / total
+            count = total
+        dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        mean[layer] = jnp.asarray(pooled_mean, dtype)
+        var[layer] = jnp.asarray(pooled_m2 / count, dtype)
+    return models.BnStats(mean, var)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _population_stats_one_batch(params, cfg, images, rows, preprocessing):
     x = datasets_base.preprocess(images[rows], preprocessing)
     return models.population_stats(params, cfg, x)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@functools.partial(jax.jit, static_argnames=("cfg", "layer"))
+def _batch_moments(params, cfg, known, images, rows, preprocessing, layer):
+    """Batch mean and (biased) variance of zpre_layer over ``images[rows]``, the layers
+    below normalised with ``known`` population statistics (the pass stops at ``layer``:
+    nothing above it reaches the outputs)."""
+    x = datasets_base.preprocess(images[rows], preprocessing)
+    trace = models.encode(params, cfg, x, bn_stats=known)
+    return trace.stats.mean[layer][0], trace.stats.var[layer][0]
+
+
 def error_rate(params: models.Params, cfg: ModelConfig, bn_stats: models.BnStats,
-               images: jax.Array, labels: jax.Array, preprocessing=None) -> jax.Array:
+               images: jax.Array, labels: jax.Array, preprocessing=None) -> float:
     """Fraction of ``images`` (uint8 [N, H, W, C]) whose predicted class differs from
     ``labels``."""
-    x = datasets_base.preprocess(images, preprocessing)
-    log_probs = models.predict_log_probs(params, cfg, x, bn_stats)
-    return jnp.mean(jnp.argmax(log_probs, axis=-1) != labels)
+    size = chunk_rows(cfg)
+    wrong = sum(int(_count_wrong(params, cfg, bn_stats, images[start:start + size],
+                                 labels[start:start + size], preprocessing))
+                for start in range(0, images.shape[0], size))
+    return wrong / images.shape[0]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
+def _count_wrong(params, cfg, bn_stats, images, labels, preprocessing):
+    return jnp.sum(_predict(params, cfg, bn_stats, images, preprocessing) != labels)
+
+
 def _predict(params, cfg, bn_stats, images, preprocessing):
     x = datasets_base.preprocess(images, preprocessing)
     return jnp.argmax(models.predict_log_probs(params, cfg, x, bn_stats), axis=-1)
+
+
+_predict_jit = jax.jit(_predict, static_argnames=("cfg",))
 
 
 def predict(params: models.Params, cfg: ModelConfig, bn_stats: models.BnStats,
@@ -44,7 +102,11 @@ def predict(params: models.Params, cfg: ModelConfig, bn_stats: models.BnStats,
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
-    return np.asarray(_predict(params, cfg, bn_stats, jnp.asarray(images), preprocessing))
+    size = chunk_rows(cfg)
+    return np.concatenate([
+        np.asarray(_predict_jit(params, cfg, bn_stats, jnp.asarray(images[start:start + size]),
+                                preprocessing))
+        for start in range(0, max(1, images.shape[0]), size)])
 
 
 def empty_stats(cfg: ModelConfig) -> models.BnStats:

@@ -225,18 +225,26 @@ def _log_progress(job: job_lib.Job, state: TrainState, losses, speed: float) -> 
     """One progress line: epoch, step, running losses, speed and ETA."""
     sched, step = job.schedule, job_lib.current_step(job, state)
     eta = eta_string((sched.end_step - step) / speed if speed > 0 else math.inf)
-    where = f"epoch {step // sched.steps_per_epoch + 1}/{job.cfgs[0].epochs} step " \
+    epochs = job.cfgs[0].epochs
+    where = f"epoch {min(step // sched.steps_per_epoch + 1, epochs)}/{epochs} step " \
             f"{step}/{sched.end_step}"
     if job.stacked:
         last = losses[:, -1]
-        logging.info("%d models: %s loss %.4f..%.4f %.1f steps/s per model ETA %s",
-                     job.num_models, where, float(last.min()), float(last.max()), speed, eta)
+        logging.info("%d models: %s loss %.4f..%.4f %s per model ETA %s", job.num_models,
+                     where, float(last.min()), float(last.max()), speed_string(speed), eta)
         return
     sums, count = parallel.to_host((state.metric_sums, state.metric_count))
     avg = {k: float(v) / max(float(count), 1.0) for k, v in sums.items()}
-    logging.info("%s loss %.4f (class %.4f, denoise %.4f) train_err %.2f%% %.1f steps/s "
-                 "ETA %s", where, avg["loss"], avg["class_cost"], avg["denoise_cost"],
-                 100 * avg["train_error"], speed, eta)
+    logging.info("%s loss %.4f (class %.4f, denoise %.4f) train_err %.2f%% %s ETA %s", where,
+                 avg["loss"], avg["class_cost"], avg["denoise_cost"], 100 * avg["train_error"],
+                 speed_string(speed), eta)
+
+
+def speed_string(steps_per_s: float) -> str:
+    """'12.3 steps/s', or '4.2 s/step' when slower than a step a second."""
+    if steps_per_s >= 1 or steps_per_s <= 0:
+        return f"{steps_per_s:.1f} steps/s"
+    return f"{1 / steps_per_s:.1f} s/step"
 
 
 def eta_string(seconds: float) -> str:
