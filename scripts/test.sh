@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh "dev,tfds,plots,tensorboard"
-python -m pytest "$@"
+# Two workers, each test file whole on one of them (its module fixtures are built once);
+# the run time is in BUILD_NOTES. `bash scripts/test.sh -n 0` runs serially.
+python -m pytest -n 2 --dist loadfile "$@"

@@ -1,4 +1,18 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and one JAX compilation cache for the whole test session."""
+
+import atexit
+import os
+import shutil
+import tempfile
+
+# Before anything imports jax: the runs the tests start as subprocesses (the CLI, the
+# device workers, the notebook's kernel) inherit it and load the programs an earlier run
+# of the same shape compiled, instead of compiling them again. JAX keys the cache by the
+# program, so this changes no number. An existing $JAX_COMPILATION_CACHE_DIR is kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="ladder_jax_test_compile_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 import pytest
 
