@@ -42,7 +42,7 @@ def test_matmul_flop_formula_counts_the_dots_of_one_traced_step(preset, mnist):
 def test_benchmark_figures_are_consistent(mnist):
     cfg = config.preset("full_100").replace(model=TINY | {"denoise_weights": (1.0,) * 4})
     figures = benchmark.benchmark(cfg, steps_per_call=3, repeats=2, peak_size=256,
-                                  dataset=mnist)
+                                  dataset=mnist, evaluation=True)
     step_s = figures["ms_per_step"] / 1000
     assert figures["model"] == "784-30-20-10" and figures["matmul_dtype"] == "float32"
     assert figures["matmul_gflop"] == pytest.approx(benchmark.step_flops(cfg) / 1e9)
@@ -54,6 +54,8 @@ def test_benchmark_figures_are_consistent(mnist):
         figures["achieved_gflops"] / figures["peak_gflops"])
     assert figures["peak_gflops"] > 0.1 and figures["final_loss_finite"]
     assert figures["matmuls_alone_ms"] > 0
+    assert figures["evaluation_rows"] == len(mnist.train_labels)
+    assert figures["population_stats_s"] > 0 and figures["population_stats_first_s"] > 0
     assert figures["fraction_if_only_matmuls"] == pytest.approx(
         figures["matmul_gflop"] / (figures["matmuls_alone_ms"] / 1000) / figures["peak_gflops"])
 

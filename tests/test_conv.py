@@ -288,6 +288,62 @@ def test_population_stats_equal_the_batch_statistics_of_the_whole_set():
     np.testing.assert_allclose(with_pop.logits, whole.logits, rtol=1e-4, atol=1e-4)
 
 
+def test_encode_from_a_kept_layer_output_gives_the_full_passs_layers_above_it():
+    cfg = tiny_cfg(FULL)
+    params = random_params(cfg, 5)
+    x = batch(cfg, 6, 12, 1)[0]
+    whole = jax.jit(lambda p, x: models.encode(p, cfg, x))(params, x)
+    pop = models.BnStats([None, *(m[0] for m in whole.stats.mean[1:])],
+                         [None, *(v[0] for v in whole.stats.var[1:])])
+    for start in (2, 3):
+        above = models.encode(params, cfg, whole.h[start], bn_stats=pop, start=start)
+        assert above.z[start] is None and above.stats.mean[start] is None
+        for layer in range(start + 1, cfg.num_layers + 1):
+            np.testing.assert_allclose(above.z[layer], whole.z[layer], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(above.logits, whole.logits, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="start 6"):
+        models.encode(params, cfg, x, start=6)
+
+
+@pytest.mark.parametrize("cache_layers", [0, 3, 99])
+def test_chunked_population_stats_keeping_layer_outputs_equal_one_batch(monkeypatch,
+                                                                        cache_layers):
+    """Layer-by-layer statistics over chunks, with a budget that keeps no layer's outputs,
+    only those of at most 30 floats per row, or every layer's: the statistics of one batch,
+    and each pass starts from the newest layer kept."""
+    from ladder_jax import train
+
+    cfg = tiny_cfg(FULL)
+    params = random_params(cfg, 7)
+    rng = np.random.default_rng(8)
+    images = jnp.asarray(rng.integers(0, 256, (90, *TINY_INPUT), dtype=np.uint8))
+    rows = jnp.asarray(np.sort(rng.choice(90, 70, replace=False)).astype(np.int32))
+    one_batch = train.population_stats(params, cfg, images, rows)
+
+    per_example = 4 * sum(int(np.prod(shape)) for shape in TINY_SHAPES)
+    monkeypatch.setattr(train.evaluate, "BATCH_BYTES", 16 * per_example)  # 5 chunks
+    monkeypatch.setattr(train.evaluate, "CACHE_BYTES", 4 * 70 * 10 * cache_layers)
+    starts = []
+    moments = train.evaluate._batch_moments
+
+    def recording(*args, **kwargs):
+        starts.append((kwargs["layer"], kwargs["start"]))
+        return moments(*args, **kwargs)
+
+    monkeypatch.setattr(train.evaluate, "_batch_moments", recording)
+    chunked = train.population_stats(params, cfg, images, rows)
+    for layer in range(1, cfg.num_layers + 1):
+        np.testing.assert_allclose(chunked.mean[layer], one_batch.mean[layer], rtol=1e-5,
+                                   atol=1e-6)
+        np.testing.assert_allclose(chunked.var[layer], one_batch.var[layer], rtol=1e-5,
+                                   atol=1e-6)
+    first_start = {layer: start for layer, start in reversed(starts)}
+    # per-row sizes of h[1..5]: 48, 100, 36, 12, 3 floats
+    expected = {0: [0] * 6, 3: [0, 0, 0, 0, 0, 4], 99: [0, 0, 1, 2, 3, 4]}[cache_layers]
+    assert [first_start[layer] for layer in range(1, 7)] == expected
+    assert len(starts) == 6 * 5
+
+
 def test_noise_is_added_after_the_norm_of_every_layer_pooling_included():
     cfg = tiny_cfg(FULL)
     params = random_params(cfg, 7)

@@ -21,6 +21,10 @@ Figures (all from this one process):
   fraction_if_only_matmuls  matmul_gflop / matmuls_alone_ms / peak_gflops: the most
                    fraction_of_peak this step's matmul shapes allow here
   peak_rss_mib     the process's peak resident memory
+  population_stats_s  with --evaluation: one computation of the exact population
+                   statistics over the unlabeled set (evaluation_rows rows) as the loop
+                   runs it before each evaluation, compiled (a second call);
+                   population_stats_first_s is the first call, compiles included
 
 --profile then traces one more call and prints where the step's time goes
 (experiments/measure/step_profile.py explains its figures).
@@ -58,6 +62,9 @@ flags.DEFINE_bool("profile", False, "Also profile one call: time with a matmul r
 flags.DEFINE_bool("matmuls_alone", True, "Also time each matmul/convolution of the step alone "
                   "(matmuls_alone_ms, fraction_if_only_matmuls; ~20 s).")
 flags.DEFINE_integer("top", 25, "With --profile, how many operations to list.", lower_bound=0)
+flags.DEFINE_bool("evaluation", False, "Also time the population statistics an evaluation "
+                  "computes over the unlabeled set (twice: the first call compiles; "
+                  "--num_validation shrinks the set).")
 shared_flags.define_model_flags()
 shared_flags.define_data_flags(per_run=False)
 shared_flags.install_grouped_help()
@@ -129,10 +136,11 @@ def _timed(fn) -> float:
 
 def benchmark(cfg: TrainConfig, steps_per_call: int, repeats: int, peak_size: int,
               dataset=None, *, profile: bool = False,
-              matmuls_alone: bool = True) -> dict[str, Any]:
+              matmuls_alone: bool = True, evaluation: bool = False) -> dict[str, Any]:
     """Times the runner's training call (job.run_steps) and the matmul peak; returns the
     figures described in this module's docstring. With ``profile``, 'profile' holds
-    step_profile.profile of one more call of the same job."""
+    step_profile.profile of one more call of the same job; ``evaluation`` adds the
+    population statistics' times."""
     job = train.build_job([cfg], dataset)
     state = job_lib.init_job_state(job)
     start = time.perf_counter()
@@ -174,6 +182,12 @@ def benchmark(cfg: TrainConfig, steps_per_call: int, repeats: int, peak_size: in
         alone_ms = matmuls_alone_ms(step_contractions(job, state))
         figures["matmuls_alone_ms"] = alone_ms
         figures["fraction_if_only_matmuls"] = flops / (alone_ms / 1000) / 1e9 / peak_best
+    if evaluation:
+        params = job_lib.split(job, state.params)[0]
+        stats = functools.partial(job_lib.evaluate_model, job, 0, params, stats_only=True)
+        figures["evaluation_rows"] = len(job.rows[0].unlabeled)
+        figures["population_stats_first_s"] = _timed(stats)
+        figures["population_stats_s"] = _timed(stats)
     figures |= {
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "final_loss_finite": bool(np.all(np.isfinite(losses))),
@@ -187,7 +201,8 @@ def run(argv: list[str]) -> int:
     del argv
     cfg = shared_flags.config_from_flags(config.preset(FLAGS.preset))
     figures = benchmark(cfg, FLAGS.steps_per_call, FLAGS.repeats, FLAGS.peak_size,
-                        profile=FLAGS.profile, matmuls_alone=FLAGS.matmuls_alone)
+                        profile=FLAGS.profile, matmuls_alone=FLAGS.matmuls_alone,
+                        evaluation=FLAGS.evaluation)
     profile = figures.pop("profile", None)
     figures["preset"] = FLAGS.preset
     figures["date"] = time.strftime("%Y-%m-%d")

@@ -5,7 +5,7 @@ A family is one module (``mlp.py``, ``conv.py``) that defines, for a ``ModelConf
     validate(cfg)                    raise ConfigError (one line) for settings it cannot build
     layer_shapes(cfg)                per-example shape of z_l, l = 0 (input) .. L
     init(key, cfg) -> Params         encoder and decoder parameters
-    encode(params, cfg, x, *, part_sizes, noisy, noise, bn_stats) -> EncoderTrace
+    encode(params, cfg, x, *, part_sizes, noisy, noise, bn_stats, start) -> EncoderTrace
     decode(params, cfg, z_noisy, h_top_noisy, clean_stats) -> per-layer estimates
     count_params(params) -> {role: count, 'total': count}
     step_flops(cfg, labeled_rows, unlabeled_rows) -> FLOPs of one training step's
@@ -77,6 +77,7 @@ def encode(
     key: jax.Array | None = None,
     noise: Sequence[jax.Array | None] | None = None,
     bn_stats: BnStats | None = None,
+    start: int = 0,
 ) -> EncoderTrace:
     """One encoder pass over ``x`` [B, ...] (the dataset's preprocessed images).
 
@@ -86,9 +87,13 @@ def encode(
     key: draws the corruption (draw_noise(key, cfg, noisy rows)); or pass it drawn as ``noise``.
     bn_stats: population statistics; when given, they replace the batch statistics (a
         layer whose entry is None keeps its batch statistics).
+    start: 0, or a layer whose output h[start] ``x`` is: the pass runs only the layers above
+        it (evaluation keeps a layer's outputs and starts there); trace entries below are None.
     """
     part_sizes = tuple(part_sizes) if part_sizes is not None else (x.shape[0],)
     noisy = tuple(noisy) if noisy is not None else (False,) * len(part_sizes)
+    if not 0 <= start < cfg.num_layers:
+        raise ValueError(f"start {start} is not a layer below the top ({cfg.num_layers})")
     if sum(part_sizes) != x.shape[0] or len(noisy) != len(part_sizes):
         raise ValueError(f"part_sizes {part_sizes} / noisy {noisy} do not fit a batch of "
                          f"{x.shape[0]} rows")
@@ -99,7 +104,7 @@ def encode(
             raise ValueError("a corrupted pass needs a PRNG key or its drawn noise")
         noise = draw_noise(key, cfg, sum(s for s, n in zip(part_sizes, noisy) if n))
     return family(cfg.family).encode(params, cfg, x, part_sizes=part_sizes, noisy=noisy,
-                                     noise=noise, bn_stats=bn_stats)
+                                     noise=noise, bn_stats=bn_stats, start=start)
 
 
 def decode(params: Params, cfg: ModelConfig, z_noisy: Sequence[jax.Array],

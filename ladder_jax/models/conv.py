@@ -399,12 +399,13 @@ def _batch_norm(x: jax.Array, part_sizes: Sequence[int],
 
 def encode(params: Params, cfg: ModelConfig, x: jax.Array, *, part_sizes: Sequence[int],
            noisy: Sequence[bool], noise: Sequence[jax.Array | None],
-           bn_stats: BnStats | None) -> EncoderTrace:
+           bn_stats: BnStats | None, start: int = 0) -> EncoderTrace:
     """One encoder pass over ``x`` [B, H, W, C] (or [B, H W C], reshaped); see models.encode.
 
     noise[l]: the drawn corruption of the noisy rows of layer l, [noisy rows, *shape_l], or
-    None. Returns EncoderTrace with z[l], h[l] of shape [B, *shape_l], stats per part
-    [parts, C_l] (or the population ones given), logits [B, classes].
+    None. start > 0: ``x`` is h[start] and the pass runs the layers above it. Returns
+    EncoderTrace with z[l], h[l] of shape [B, *shape_l] (None below ``start``), stats per
+    part [parts, C_l] (or the population ones given), logits [B, classes].
     """
     layers, shapes = _plan(cfg.conv_layers, tuple(cfg.input_shape))
     rows, top = x.shape[0], len(layers)
@@ -412,12 +413,14 @@ def encode(params: Params, cfg: ModelConfig, x: jax.Array, *, part_sizes: Sequen
     def corrupt(layer: int, value: jax.Array) -> jax.Array:
         return value + ops.place_noise(noise[layer], rows, part_sizes, noisy)
 
-    h = corrupt(0, x.reshape(rows, *shapes[0]))
-    zs, hs = [h], [h]
-    means: list[jax.Array | None] = [None]
-    variances: list[jax.Array | None] = [None]
+    h = x.reshape(rows, *shapes[start])
+    if start == 0:
+        h = corrupt(0, h)
+    zs, hs = [None] * start + [h if start == 0 else None], [None] * start + [h]
+    means: list[jax.Array | None] = [None] * (start + 1)
+    variances: list[jax.Array | None] = [None] * (start + 1)
     logits = h
-    for index, layer in enumerate(layers, start=1):
+    for index, layer in enumerate(layers[start:], start=start + 1):
         zpre = _forward(params, cfg, layer, index, h, shapes[index])
         if bn_stats is None or bn_stats.mean[index] is None:
             z, mean, var = _batch_norm(zpre, part_sizes, cfg.bn_eps)

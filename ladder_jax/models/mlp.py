@@ -96,21 +96,24 @@ def activation(cfg: ModelConfig, x: jax.Array) -> jax.Array:
 
 def encode(params: Params, cfg: ModelConfig, x: jax.Array, *, part_sizes: Sequence[int],
            noisy: Sequence[bool], noise: Sequence[jax.Array | None],
-           bn_stats: BnStats | None) -> EncoderTrace:
+           bn_stats: BnStats | None, start: int = 0) -> EncoderTrace:
     """One encoder pass over ``x`` [B, ...] (flattened to [B, n_0]); see models.encode.
 
-    noise[l]: the drawn corruption of the noisy rows of layer l (or None).
+    noise[l]: the drawn corruption of the noisy rows of layer l (or None). start > 0: ``x``
+    is h[start] and the pass runs the layers above it (z, h and stats None below it).
     """
     def corrupt(layer: int, value: jax.Array) -> jax.Array:
         return value + ops.place_noise(noise[layer], value.shape[0], part_sizes, noisy)
 
     num_layers = cfg.num_layers
-    h = corrupt(0, x.reshape(x.shape[0], -1))
-    zs, hs = [h], [h]
-    means: list[jax.Array | None] = [None]
-    variances: list[jax.Array | None] = [None]
+    h = x.reshape(x.shape[0], -1)
+    if start == 0:
+        h = corrupt(0, h)
+    zs, hs = [None] * start + [h if start == 0 else None], [None] * start + [h]
+    means: list[jax.Array | None] = [None] * (start + 1)
+    variances: list[jax.Array | None] = [None] * (start + 1)
     logits = h
-    for layer in range(1, num_layers + 1):
+    for layer in range(start + 1, num_layers + 1):
         zpre = ops.matmul(h, params["W"][layer - 1], cfg.matmul_dtype)
         if bn_stats is None or bn_stats.mean[layer] is None:
             z, mean, var = ops.batch_normalize(zpre, part_sizes, cfg.bn_eps)

@@ -25,6 +25,11 @@ def chunk_rows(cfg: ModelConfig) -> int:
     return max(1, BATCH_BYTES // per_example)
 
 
+#: Bytes of one layer's outputs over the whole set that the layer-by-layer statistics may
+#: keep, so that the passes above start there instead of at the input.
+CACHE_BYTES = 2**31
+
+
 def population_stats(params: models.Params, cfg: ModelConfig, images: jax.Array,
                      rows: jax.Array, preprocessing=None) -> models.BnStats:
     """Exact population batch-norm statistics over ``images[rows]`` (a clean pass).
@@ -32,28 +37,51 @@ def population_stats(params: models.Params, cfg: ModelConfig, images: jax.Array,
     In one batch where it fits. Otherwise layer by layer, each over chunks of rows: layer
     l's moments need the population statistics of the layers below it (as at test time),
     so pass l runs the encoder up to l over every chunk with those, and the chunks' means
-    and variances are pooled exactly (Chan et al.)."""
+    and variances are pooled exactly (Chan et al.). A pass keeps the output of the layer
+    below it where that fits CACHE_BYTES, and the passes above start from the newest one
+    kept (for Conv-Small ~2.5 instead of ~6 forward passes over the set)."""
     rows = jnp.asarray(rows)
-    size = chunk_rows(cfg)
-    if rows.shape[0] <= size:
+    size, count = chunk_rows(cfg), rows.shape[0]
+    if count <= size:
         return _population_stats_one_batch(params, cfg, images, rows, preprocessing)
     mean: list = [None] * (cfg.num_layers + 1)
     var: list = [None] * (cfg.num_layers + 1)
+    start, kept = 0, None  # kept: h[start] of every row (host), once start > 0
     for layer in range(1, cfg.num_layers + 1):
-        count, pooled_mean, pooled_m2 = 0, 0.0, 0.0
-        for start in range(0, rows.shape[0], size):
-            chunk = rows[start:start + size]
-            m, v = _batch_moments(params, cfg, models.BnStats(mean, var), images, chunk,
-                                  preprocessing, layer=layer)
-            m, v, k = np.asarray(m, np.float64), np.asarray(v, np.float64), chunk.shape[0]
-            delta, total = m - pooled_mean, count + k
-            pooled_mean = pooled_mean + delta * k / total
-            pooled_m2 = pooled_m2 + v * k + np.square(delta) * count * k / total
-            count = total
+        below = (count, *cfg.layer_shapes[layer - 1])
+        keep = layer - 1 > start and 4 * math.prod(below) <= CACHE_BYTES
+        new_kept = np.empty(below, np.float32) if keep else None
+        moments = _PooledMoments()
+        for begin in range(0, count, size):
+            x = images[rows[begin:begin + size]] if start == 0 else kept[begin:begin + size]
+            m, v, h_below = _batch_moments(params, cfg, models.BnStats(mean, var), x,
+                                           preprocessing, layer=layer, start=start, keep=keep)
+            moments.add(m, v, x.shape[0])
+            if keep:
+                new_kept[begin:begin + x.shape[0]] = np.asarray(h_below)
+        if keep:
+            start, kept = layer - 1, new_kept
         dtype = jax.tree_util.tree_leaves(params)[0].dtype
-        mean[layer] = jnp.asarray(pooled_mean, dtype)
-        var[layer] = jnp.asarray(pooled_m2 / count, dtype)
+        mean[layer], var[layer] = (jnp.asarray(a, dtype) for a in moments.mean_and_var())
     return models.BnStats(mean, var)
+
+
+class _PooledMoments:
+    """Mean and (biased) variance of a set from its chunks' ones, pooled exactly in float64
+    (Chan et al.)."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, mean, var, count: int) -> None:
+        mean, var = np.asarray(mean, np.float64), np.asarray(var, np.float64)
+        delta, total = mean - self.mean, self.count + count
+        self.mean = self.mean + delta * count / total
+        self.m2 = self.m2 + var * count + np.square(delta) * self.count * count / total
+        self.count = total
+
+    def mean_and_var(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.mean, self.m2 / self.count
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -62,14 +90,18 @@ def _population_stats_one_batch(params, cfg, images, rows, preprocessing):
     return models.population_stats(params, cfg, x)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "layer"))
-def _batch_moments(params, cfg, known, images, rows, preprocessing, layer):
-    """Batch mean and (biased) variance of zpre_layer over ``images[rows]``, the layers
-    below normalised with ``known`` population statistics (the pass stops at ``layer``:
-    nothing above it reaches the outputs)."""
-    x = datasets_base.preprocess(images[rows], preprocessing)
-    trace = models.encode(params, cfg, x, bn_stats=known)
-    return trace.stats.mean[layer][0], trace.stats.var[layer][0]
+@functools.partial(jax.jit, static_argnames=("cfg", "layer", "start", "keep"))
+def _batch_moments(params, cfg, known, x, preprocessing, layer, start, keep):
+    """Batch mean and (biased) variance of zpre_layer over ``x``, the layers below
+    normalised with ``known`` population statistics, and h[layer - 1] where ``keep``.
+
+    ``x``: uint8 images (start 0) or the kept h[start]. The pass stops at ``layer``:
+    nothing above it reaches the outputs."""
+    if start == 0:
+        x = datasets_base.preprocess(x, preprocessing)
+    trace = models.encode(params, cfg, x, bn_stats=known, start=start)
+    return (trace.stats.mean[layer][0], trace.stats.var[layer][0],
+            trace.h[layer - 1] if keep else None)
 
 
 def error_rate(params: models.Params, cfg: ModelConfig, bn_stats: models.BnStats,
