@@ -40,3 +40,14 @@ def lax_convolutions(monkeypatch):
     from ladder_jax.models import conv
 
     monkeypatch.setattr(conv, "LOWERING", "lax")
+
+
+@pytest.fixture
+def x64():
+    """float64 computation inside the test (for finite differences), restored after it."""
+    import jax
+
+    before = jax.config.jax_enable_x64
+    with jax.enable_x64(True):
+        yield
+    assert jax.config.jax_enable_x64 == before

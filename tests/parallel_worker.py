@@ -64,20 +64,35 @@ def leaves(tree) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(parallel.to_host(tree))]
 
 
-def run_solo_or_mesh(cfg, mnist, mesh, steps: int = STEPS):
-    """Per-step losses [steps] and final params of ``cfg`` (data parallel on ``mesh``)."""
+def run_in_chunks(job, state, steps: int, chunk: int = CHUNK):
+    """(state, per-model per-step losses [models, steps]) after ``steps`` steps of ``job``,
+    ``chunk`` per compiled call."""
+    from ladder_jax.train import job as job_lib
+
+    losses = []
+    for _ in range(steps // chunk):
+        state, step_losses = job_lib.run_steps(job, state, chunk)
+        losses.append(step_losses)
+        mark(f"{chunk} steps")
+    return state, np.concatenate(losses, axis=1)
+
+
+def run_group(cfgs, mnist, mesh, steps: int):
+    """(job, state, losses [models, steps]): ``cfgs`` as one job on ``mesh`` (None: one
+    device), run for ``steps`` steps."""
     from ladder_jax import train
     from ladder_jax.train import job as job_lib
 
-    job = train.build_job([cfg], mnist, mesh=mesh)
+    job = train.build_job(cfgs, mnist, mesh=mesh)
     state = job_lib.init_job_state(job)
     mark("state ready")
-    losses = []
-    for _ in range(steps // CHUNK):
-        state, step_losses = job_lib.run_steps(job, state, CHUNK)
-        losses.append(step_losses[0])
-        mark(f"{CHUNK} steps")
-    return np.concatenate(losses), state.params
+    return (job, *run_in_chunks(job, state, steps))
+
+
+def run_solo_or_mesh(cfg, mnist, mesh, steps: int = STEPS):
+    """Per-step losses [steps] and final params of ``cfg`` (data parallel on ``mesh``)."""
+    _, state, losses = run_group([cfg], mnist, mesh, steps)
+    return losses[0], state.params
 
 
 def devices(out: str) -> None:
@@ -110,13 +125,7 @@ def devices(out: str) -> None:
     cfgs = [cfg, cfg.replace(seed=1, num_labels=50)]
     mesh2 = parallel.make_mesh(4, num_replicas=2)
     assert dict(mesh2.shape) == {"replica": 2, "data": 2}, mesh2.shape
-    group = train.build_job(cfgs, mnist, mesh=mesh2)
-    state = job_lib.init_job_state(group)
-    losses = []
-    for _ in range(STEPS // CHUNK):
-        state, step_losses = job_lib.run_steps(group, state, CHUNK)
-        losses.append(step_losses)
-    result["group_losses"] = np.concatenate(losses, axis=1)
+    result["group_losses"] = run_group(cfgs, mnist, mesh2, STEPS)[2]
     mark("replica group done")
     np.savez(out, **result)
 
@@ -184,7 +193,7 @@ def conv_devices(out: str) -> None:
     full_solo0, full_dp, gamma_solo0, gamma_solo1, gamma_group0, gamma_group1."""
     import jax
 
-    from ladder_jax import datasets, parallel, train
+    from ladder_jax import datasets, parallel
     from ladder_jax.train import job as job_lib
 
     assert jax.device_count() == 4, jax.devices()
@@ -210,13 +219,7 @@ def conv_devices(out: str) -> None:
         mark(f"gamma, 1 device, seed {i} done")
     mesh2 = parallel.make_mesh(4, num_replicas=2)
     assert dict(mesh2.shape) == {"replica": 2, "data": 2}, mesh2.shape
-    group = train.build_job(cfgs, mnist, mesh=mesh2)
-    state = job_lib.init_job_state(group)
-    losses = []
-    for _ in range(CONV_STEPS // CHUNK):
-        state, step_losses = job_lib.run_steps(group, state, CHUNK)
-        losses.append(step_losses)
-    losses = np.concatenate(losses, axis=1)
+    group, state, losses = run_group(cfgs, mnist, mesh2, CONV_STEPS)
     for i, params in enumerate(job_lib.split(group, state.params)):
         store(f"gamma_group{i}", losses[i], params)
     mark("gamma, 2 replicas on a 2 x 2 mesh done")

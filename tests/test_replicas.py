@@ -7,6 +7,7 @@ import os
 
 import jax
 import numpy as np
+import parallel_worker as worker  # tests/ is on sys.path under pytest
 import pytest
 
 from ladder_jax import config, train
@@ -32,14 +33,9 @@ def solo(mnist):
     """Per replica: per-step losses [STEPS_B], final params and test error of a solo run."""
     out = []
     for cfg in _cfgs():
-        job = train.build_job([cfg], mnist)
-        state = job_lib.init_job_state(job)
-        losses = []
-        for _ in range(STEPS_B // CHUNK):
-            state, step_losses = job_lib.run_steps(job, state, CHUNK)
-            losses.append(step_losses[0])
+        job, state, losses = worker.run_group([cfg], mnist, None, STEPS_B)
         _, errors = job_lib.evaluate_model(job, 0, state.params)
-        out.append((np.concatenate(losses), state.params, errors["test_error"]))
+        out.append((losses[0], state.params, errors["test_error"]))
     return out
 
 
@@ -49,13 +45,7 @@ def _assert_params_close(a, b):
 
 
 def test_group_steps_match_solo_runs(mnist, solo):
-    group = train.build_job(_cfgs(), mnist)
-    state = job_lib.init_job_state(group)
-    losses = []
-    for _ in range(STEPS_B // CHUNK):
-        state, step_losses = job_lib.run_steps(group, state, CHUNK)
-        losses.append(step_losses)
-    losses = np.concatenate(losses, axis=1)
+    group, state, losses = worker.run_group(_cfgs(), mnist, None, STEPS_B)
     assert losses.shape == (3, STEPS_B)
     for i, (solo_losses, solo_params, _) in enumerate(solo):
         np.testing.assert_allclose(losses[i], solo_losses, rtol=2e-5)

@@ -416,9 +416,7 @@ def encode(params: Params, cfg: ModelConfig, x: jax.Array, *, part_sizes: Sequen
     h = x.reshape(rows, *shapes[start])
     if start == 0:
         h = corrupt(0, h)
-    zs, hs = [None] * start + [h if start == 0 else None], [None] * start + [h]
-    means: list[jax.Array | None] = [None] * (start + 1)
-    variances: list[jax.Array | None] = [None] * (start + 1)
+    zs, hs, means, variances = ops.trace_lists(h, start)
     logits = h
     for index, layer in enumerate(layers[start:], start=start + 1):
         zpre = _forward(params, cfg, layer, index, h, shapes[index])

@@ -109,9 +109,7 @@ def encode(params: Params, cfg: ModelConfig, x: jax.Array, *, part_sizes: Sequen
     h = x.reshape(x.shape[0], -1)
     if start == 0:
         h = corrupt(0, h)
-    zs, hs = [None] * start + [h if start == 0 else None], [None] * start + [h]
-    means: list[jax.Array | None] = [None] * (start + 1)
-    variances: list[jax.Array | None] = [None] * (start + 1)
+    zs, hs, means, variances = ops.trace_lists(h, start)
     logits = h
     for layer in range(start + 1, num_layers + 1):
         zpre = ops.matmul(h, params["W"][layer - 1], cfg.matmul_dtype)

@@ -47,6 +47,13 @@ class EncoderTrace(NamedTuple):
     logits: jax.Array
 
 
+def trace_lists(h: jax.Array, start: int) -> tuple[list, list, list, list]:
+    """The z, h, mean and var lists of an encoder pass that begins with h[start] = ``h``:
+    None below ``start`` (and z[start], mean[start] and var[start] unless it is the input)."""
+    return ([None] * start + [h if start == 0 else None], [None] * start + [h],
+            [None] * (start + 1), [None] * (start + 1))
+
+
 def normalize(x: jax.Array, mean: jax.Array, var: jax.Array, eps: float) -> jax.Array:
     """(x - mean) / sqrt(var + eps), broadcasting over the batch axis."""
     return (x - mean) * jax.lax.rsqrt(var + eps)
