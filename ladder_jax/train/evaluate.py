@@ -46,11 +46,12 @@ def population_stats(params: models.Params, cfg: ModelConfig, images: jax.Array,
         return _population_stats_one_batch(params, cfg, images, rows, preprocessing)
     mean: list = [None] * (cfg.num_layers + 1)
     var: list = [None] * (cfg.num_layers + 1)
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype
     start, kept = 0, None  # kept: h[start] of every row (host), once start > 0
     for layer in range(1, cfg.num_layers + 1):
         below = (count, *cfg.layer_shapes[layer - 1])
-        keep = layer - 1 > start and 4 * math.prod(below) <= CACHE_BYTES
-        new_kept = np.empty(below, np.float32) if keep else None
+        keep = layer - 1 > start and dtype.itemsize * math.prod(below) <= CACHE_BYTES
+        new_kept = np.empty(below, dtype) if keep else None
         moments = _PooledMoments()
         for begin in range(0, count, size):
             x = images[rows[begin:begin + size]] if start == 0 else kept[begin:begin + size]
@@ -61,7 +62,6 @@ def population_stats(params: models.Params, cfg: ModelConfig, images: jax.Array,
                 new_kept[begin:begin + x.shape[0]] = np.asarray(h_below)
         if keep:
             start, kept = layer - 1, new_kept
-        dtype = jax.tree_util.tree_leaves(params)[0].dtype
         mean[layer], var[layer] = (jnp.asarray(a, dtype) for a in moments.mean_and_var())
     return models.BnStats(mean, var)
 
