@@ -48,6 +48,9 @@ def define_model_flags(preset: bool = True) -> None:
     _define("list", "denoise_weights", None, "Denoising cost weights lambda_0..lambda_L "
             "(input first); all 0 = supervised baseline.", MODEL)
     _define("enum", "combinator", None, list(combinators.NAMES), "Decoder combinator g.", MODEL)
+    _define("bool", "combinator_per_channel", None, "Conv: one combinator per channel, shared "
+            "over positions below conv and pool layers (the authors' code), not one per "
+            "channel and position.", MODEL)
     _define("enum", "matmul_dtype", None, list(config.MATMUL_DTYPES), "Matmul operands: "
             "float32 (the paper's computation) or bfloat16 (float32 accumulation; faster on "
             "CPUs with AVX512-BF16, changes the numbers).", MODEL)
@@ -117,7 +120,8 @@ def define_scale_out_flags() -> None:
             SCALE_OUT, lower_bound=0)
 
 
-_MODEL_FIELDS = ("noise_std", "denoise_weights", "combinator", "matmul_dtype", "activation")
+_MODEL_FIELDS = ("noise_std", "denoise_weights", "combinator", "matmul_dtype", "activation",
+                 "combinator_per_channel")
 _TRAIN_FIELDS = ("num_labels", "epochs", "max_steps", "lr", "decay_start", "dataset",
                  "data_source", "data_dir", "num_validation", "eval_every", "checkpoint_every",
                  "steps_per_call", "seed")

@@ -118,6 +118,9 @@ class ModelConfig:
     input_shape: conv input H, W, C (the dataset's image shape).
     activation: hidden-layer nonlinearity, 'relu' or 'leakyrelu' (slope 0.1).
     top_c: conv: whether the top layer has the learned per-class scale gamma (authors' --top-c).
+    combinator_per_channel: conv: one combinator per channel where the layer above is a
+        conv or pool layer, shared over positions (the authors' code), instead of one per
+        channel and position (the default, as a dense layer's per unit).
     denoise_weights: lambda_0 .. lambda_L (one per layer, input first); all zero = no decoder.
     noise_std: encoder noise std, one number or one per layer (input first).
     combinator: 'gauss' (the paper's), 'amlp' (Pezeshki et al. 2016) or 'linear'.
@@ -135,6 +138,7 @@ class ModelConfig:
     input_shape: tuple[int, ...] = (28, 28, 1)
     activation: str = "relu"
     top_c: bool = True
+    combinator_per_channel: bool = False
     denoise_weights: tuple[float, ...] = (1000.0, 10.0, 0.1, 0.1, 0.1, 0.1, 0.1)
     noise_std: tuple[float, ...] = (0.3,) * 7
     combinator: str = "gauss"
@@ -150,6 +154,9 @@ class ModelConfig:
         _check_choice("combinator", self.combinator, combinators.NAMES)
         _check_choice("matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)
         _check_fields(self, _MODEL_RANGES)
+        for name in ("top_c", "combinator_per_channel"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
         family = models.family(self.family)
         family.validate(self)
         n = len(family.layer_shapes(self))
@@ -311,8 +318,8 @@ _TOP_ONLY = (0.0,) * 6
 # - Max pooling keeps the partial window at the border (Theano's ignore_border=False), so
 #   Conv-Large's second pool maps 15x15 to 8x8 and its global mean pool sees 6x6.
 # - Pooling layers are batch-normalised and corrupted like the others, linear, no beta.
-# - The combinator has parameters per channel AND position (the authors share them over
-#   positions below conv/pool layers: models.conv.init(per_channel=True)).
+# - The combinator has parameters per channel AND position; the authors share them over
+#   positions below conv/pool layers (combinator_per_channel=True builds theirs).
 # - Conv-Large: --act leakyrelu (0.1), --top-c False, 4000 labels, 50000 unlabeled (all of
 #   CIFAR-10's training images), --contrast-norm 55 --whiten-zca 3072 (dataset 'cifar10'
 #   applies them); the baselines run 20 epochs with decay from 0.5 ("overfits easily").

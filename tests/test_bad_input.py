@@ -335,6 +335,18 @@ def test_found_cases_fail_in_one_line(argv, datasets_by_name):
         assert "\n" not in str(raised.value)
 
 
+def test_combinator_per_channel_reaches_a_conv_net_and_an_mlp_refuses_it():
+    with runner_flags("experiments.train"):
+        for argv, expected in ((["--preset=conv_fc_100", "--combinator_per_channel"], True),
+                               (["--preset=conv_fc_100"], False)):
+            parse(argv)
+            cfg = shared_flags.config_from_flags(config.preset(FLAGS.preset))
+            assert cfg.model.combinator_per_channel is expected
+        parse(["--combinator_per_channel"])  # the default preset is the dense full ladder
+        with pytest.raises(config.ConfigError, match="applies to conv nets"):
+            shared_flags.config_from_flags(config.preset(FLAGS.preset))
+
+
 def test_the_sweeps_own_num_labels_is_not_a_run_setting(datasets_by_name):
     """Found: every label sweep failed with TypeError (its list --num_labels was passed to
     build_grid a second time, as a training change)."""

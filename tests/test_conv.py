@@ -49,13 +49,12 @@ def conv_cfg(spec, input_shape=(28, 28, 1), weights=0.0, **changes) -> ModelConf
                        denoise_weights=weights, noise_std=0.3, **changes)
 
 
-def random_params(cfg, seed, scale=0.3, dtype=np.float32, per_channel=False):
+def random_params(cfg, seed, scale=0.3, dtype=np.float32):
     """Parameters of init's structure filled from numpy (no compile): W, V ~ N(0, 1) /
     sqrt(fan_in); the rest N(init, scale), gamma, a2, a7 around 1 (the gauss init alone
     makes zhat = 0, where most gradients vanish)."""
     rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(functools.partial(conv.init, cfg=cfg, per_channel=per_channel),
-                            jax.random.key(0))
+    shapes = jax.eval_shape(functools.partial(conv.init, cfg=cfg), jax.random.key(0))
 
     def fill(path, leaf):
         names = [getattr(k, "key", None) for k in path]
@@ -153,15 +152,16 @@ def test_conv_init_is_the_authors():
 
 
 def test_per_channel_combinators_follow_the_authors_sharing():
-    params = jax.eval_shape(functools.partial(conv.init, cfg=tiny_cfg(FULL), per_channel=True),
-                            jax.random.key(0))
+    params = jax.eval_shape(functools.partial(
+        conv.init, cfg=tiny_cfg(FULL, combinator_per_channel=True)), jax.random.key(0))
     widths = {k: p["a1"].shape[0] for k, p in params["g"].items()}
     # layers under a conv/pool share over positions; under the fc top and the top: per unit
     assert widths == {"0": 2, "1": 3, "2": 4, "3": 4, "4": 3, "5": 3, "6": 3}
     # decoding with them is decoding with per-position parameters repeated over positions
     shapes = [(5, 5, 2), (3, 3, 3), (3,)]
-    cfg = conv_cfg("convv:3:3:1:1-globalmeanpool:0", shapes[0], weights=(1.0, 1.0, 1.0))
-    shared = random_params(cfg, 1, per_channel=True)
+    cfg = conv_cfg("convv:3:3:1:1-globalmeanpool:0", shapes[0], weights=(1.0, 1.0, 1.0),
+                   combinator_per_channel=True)
+    shared = random_params(cfg, 1)
     assert [shared["g"][str(i)]["a1"].shape for i in range(3)] == [(2,), (3,), (3,)]
     tiled = dict(shared, g={str(i): jax.tree.map(lambda a, n=n: jnp.tile(a, n),
                                                  shared["g"][str(i)])

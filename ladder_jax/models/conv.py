@@ -48,7 +48,7 @@ The Gamma-model is this decoder run at the top alone.
 Combinator parameters: by default one set per channel AND position (the unit width is
 prod(shape_l), z flattened to [B, prod]), a choice of this library. The authors' code
 shares them over positions (one set per channel) wherever the layer above is a conv or
-pool; ``init(..., per_channel=True)`` builds that, and decode follows the parameters.
+pool; ``cfg.combinator_per_channel`` builds that, and decode follows the parameters.
 
 bfloat16 (cfg.matmul_dtype): applies to the fc layers' matmuls (encoder and decoder); the
 convolutions always run in float32.
@@ -259,14 +259,15 @@ def _combinator_width(layers: Sequence[Layer], shapes: Sequence[Shape], layer: i
     return math.prod(shape)
 
 
-def init(key: jax.Array, cfg: ModelConfig, *, per_channel: bool = False) -> Params:
+def init(key: jax.Array, cfg: ModelConfig) -> Params:
     """Parameters of the conv ladder ``cfg`` describes, keyed by layer number (str):
 
     'W': {l: HWIO [K, K, C_(l-1), C_l] (conv) or [prod(shape_(l-1)), n_l] (fc)},
     'beta': {l: [C_l]} for conv/fc layers and the top, 'gamma': [classes] (only with
     top_c), 'V': {l: the transpose's weights, [K, K, C_l, C_(l-1)] or [n_l, prod(shape_(l-1))]}
     for conv/fc layers l above the lowest decoded one, 'g': {l: combinator params of width
-    prod(shape_l)} (per_channel: C_l where the layer above is conv/pool, as the authors).
+    prod(shape_l)} (cfg.combinator_per_channel: C_l where the layer above is conv/pool, as
+    the authors).
     """
     layers, shapes = _plan(cfg.conv_layers, tuple(cfg.input_shape))
     top = len(layers)
@@ -289,7 +290,7 @@ def init(key: jax.Array, cfg: ModelConfig, *, per_channel: bool = False) -> Para
         return params
     combinator = combinators.get(cfg.combinator, cfg.amlp_hidden)
     for layer in range(lowest, top + 1):
-        width = _combinator_width(layers, shapes, layer, per_channel)
+        width = _combinator_width(layers, shapes, layer, cfg.combinator_per_channel)
         params["g"][_key(layer)] = combinator.init(comb_keys[layer], width)
         if layer > lowest and layer in weighted:
             params["V"][_key(layer)] = _weight(dec_keys[layer], layers[layer - 1],

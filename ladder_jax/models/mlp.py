@@ -39,6 +39,9 @@ def validate(cfg: ModelConfig) -> None:
         raise ConfigError(f"layer_sizes={sizes} has a non-positive width; widths must be >= 1")
     if sizes[-1] < 2:
         raise ConfigError(f"the output layer has {sizes[-1]} unit; a classifier needs >= 2")
+    if cfg.combinator_per_channel:
+        raise ConfigError("combinator_per_channel applies to conv nets (a dense layer has no "
+                          "positions to share over); leave it off for an mlp")
     object.__setattr__(cfg, "layer_sizes", sizes)
 
 
