@@ -7,6 +7,7 @@ import functools
 import json
 import logging as std_logging
 import os
+import shlex
 import sys
 import tempfile
 import traceback
@@ -283,12 +284,39 @@ def cache_dir(flag_value: str | None, run_dir: str) -> str:
     return os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(run_dir, "jax_cache")
 
 
+def without_flag(args: Sequence[str], name: str) -> list[str]:
+    """``args`` less every form of the boolean flag ``name`` (--name, --noname, --name=...)."""
+    def is_it(arg: str) -> bool:
+        flag = arg.lstrip("-").split("=", 1)[0]
+        return arg.startswith("-") and flag in (name, f"no{name}")
+    return [a for a in args if not is_it(a)]
+
+
+def run_sweep_or_report(module: str, cells: Sequence, sweep_dir: str, run_group,
+                        write: Callable[[list, bool, str], dict]) -> int:
+    """Trains the sweep's ``cells`` in ``sweep_dir`` or, with --report_only, only writes the
+    outputs of what it holds now; ``write(results, final, command)`` writes them. Prints
+    the last lines and returns the exit code (print_sweep_outcome)."""
+    from ladder_jax import sweep
+
+    command = shlex.join(["python", "-m", module,
+                          *without_flag(sys.argv[1:], "report_only")])
+    report = lambda results, final: write(results, final, command)
+    if flags.FLAGS.report_only:
+        outcome = sweep.report_sweep(cells, sweep_dir, report)
+    else:
+        outcome = sweep.run_sweep(cells, sweep_dir, run_group=run_group, report=report)
+    return print_sweep_outcome(outcome, len(cells))
+
+
 def print_sweep_outcome(outcome, num_cells: int) -> int:
-    """The sweep's last lines (cells finished, where the results are, failures); the exit
-    code: 1 if any cell failed."""
+    """The sweep's last lines (cells finished and pending, where the results are, failures);
+    the exit code: 1 if any cell failed."""
     failed = outcome.failed
-    print(f"{num_cells - len(failed)}/{num_cells} cells finished in "
-          f"{outcome.wall_time_s / 60:.1f} min; results in {outcome.outputs.get('csv')}")
+    finished = sum(r.status == "finished" for r in outcome.results)
+    pending = num_cells - finished - len(failed)
+    print(f"{finished}/{num_cells} cells finished" + (f", {pending} pending" if pending else "")
+          + f" ({outcome.wall_time_s / 60:.1f} min); results in {outcome.outputs.get('csv')}")
     for r in failed:
         print(f"failed: {r.cell.name}: {r.error}", file=sys.stderr)
     return 1 if failed else 0

@@ -5,12 +5,10 @@
 Writes <sweep_dir>/results.csv, summary.md and label_efficiency.png (with matplotlib:
 pip install 'ladder_jax[plots]'). Re-running skips finished cells and resumes unfinished
 ones; a failing cell is reported and the others still run (exit code 1 if any failed).
+--report_only rewrites those files from what the directory holds, without training.
 """
 
 from __future__ import annotations
-
-import shlex
-import sys
 
 from absl import app, flags
 
@@ -37,6 +35,7 @@ shared_flags.define_model_flags(preset=False)
 shared_flags.define_data_flags(per_run=False)
 shared_flags.define_schedule_flags()
 shared_flags.define_output_flags()
+shared_flags.define_report_flag()
 shared_flags.install_grouped_help()
 
 
@@ -57,14 +56,11 @@ def cells_from_flags() -> list[sweep.Cell]:
 def run(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
-    command = shlex.join(["python", "-m", "experiments.label_sweep", *sys.argv[1:]])
-    cells = cells_from_flags()
-    outcome = sweep.run_sweep(
-        cells, FLAGS.sweep_dir,
-        run_group=sweep.run_cells_as_replicas if FLAGS.replicas else None,
-        report=lambda results, final: sweep.write_outputs(results, FLAGS.sweep_dir,
-                                                          command=command, plot=final))
-    return common.print_sweep_outcome(outcome, len(cells))
+    return common.run_sweep_or_report(
+        "experiments.label_sweep", cells_from_flags(), FLAGS.sweep_dir,
+        sweep.run_cells_as_replicas if FLAGS.replicas else None,
+        lambda results, final, command: sweep.write_outputs(results, FLAGS.sweep_dir,
+                                                            command=command, plot=final))
 
 
 main = common.entry_point(run, lambda: common.cache_dir(FLAGS.compilation_cache_dir,

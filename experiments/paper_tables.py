@@ -3,16 +3,15 @@ replicas in one compiled program, resumable cell by cell.
 
     python -m experiments.paper_tables                        # every row, 5 seeds (days on a CPU)
     python -m experiments.paper_tables --rows=full_100,baseline_100 --seeds=0,1,2,3,4
+    python -m experiments.paper_tables --rows=full_100,baseline_100 --report_only   # so far
 
 Writes <table_dir>/results.csv, summary.md (mean ± sample std and n per row, beside the
 published figure and the difference) and test_error_curves.png (median and min-max band
-over seeds per row, log y). Re-running skips finished cells and resumes the others.
+over seeds per row, log y). Re-running skips finished cells and resumes the others;
+--report_only rewrites those files from what the directory holds, without training.
 """
 
 from __future__ import annotations
-
-import shlex
-import sys
 
 from absl import app, flags
 
@@ -36,21 +35,20 @@ flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds of every row.")
 shared_flags.define_data_flags(per_run=False)
 shared_flags.define_schedule_flags()
 shared_flags.define_output_flags()
+shared_flags.define_report_flag()
 shared_flags.install_grouped_help()
 
 
 def run(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
-    command = shlex.join(["python", "-m", "experiments.paper_tables", *sys.argv[1:]])
     seeds = shared_flags.ints_flag("seeds")
     cells = sweep.build_table(FLAGS.rows, seeds, **shared_flags.train_changes_from_flags())
-    outcome = sweep.run_sweep(
-        cells, FLAGS.table_dir, run_group=sweep.run_cells_as_replicas,
-        report=lambda results, final: sweep.write_table_outputs(
+    return common.run_sweep_or_report(
+        "experiments.paper_tables", cells, FLAGS.table_dir, sweep.run_cells_as_replicas,
+        lambda results, final, command: sweep.write_table_outputs(
             results, FLAGS.table_dir, references.PUBLISHED, command=command, plot=final,
             title="The paper's tables, reproduced"))
-    return common.print_sweep_outcome(outcome, len(cells))
 
 
 main = common.entry_point(run, lambda: common.cache_dir(FLAGS.compilation_cache_dir,

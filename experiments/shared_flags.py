@@ -90,6 +90,13 @@ def define_output_flags() -> None:
     _define("string", "compilation_cache_dir", None, "JAX compile cache dir ('none': off).", OUTPUT)
 
 
+def define_report_flag() -> None:
+    """--report_only of the sweeps: read a running or stopped sweep without training."""
+    _define("bool", "report_only", False, "Train nothing: write results.csv, summary.md "
+            "(pending cells with how far they got) and the plot from what the directory "
+            "holds now. Safe beside the running sweep.", OUTPUT)
+
+
 def define_run_flags(default_workdir_help: str) -> None:
     """--workdir and --restart of a single run (or a group of replicas)."""
     _define("string", "workdir", None, "Run directory (config, metrics, checkpoints, "

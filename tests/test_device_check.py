@@ -25,7 +25,7 @@ def test_device_check_runs_end_to_end_when_shrunk(tmp_path, mnist):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = (out / "summary.txt").read_text()
     for step in ("devices", "tests", "benchmark", "replicas_1", "replicas_2", "table_mnist",
-                 "table_fashion"):
+                 "table_mnist_report", "table_fashion", "table_fashion_report"):
         assert f"== {step} exit 0" in summary, summary
     assert "cpu" in (out / "devices.log").read_text().lower()
     assert json.loads((out / "benchmark.json").read_text())["ms_per_step"] > 0
@@ -36,3 +36,4 @@ def test_device_check_runs_end_to_end_when_shrunk(tmp_path, mnist):
         lines = (out / table / "results.csv").read_text().splitlines()
         assert len(lines) == 1 + rows and all(",finished," in line for line in lines[1:])
         assert "| full_100 |" in (out / table / "summary.md").read_text()
+        assert (out / table / "test_error_curves.png").stat().st_size > 0

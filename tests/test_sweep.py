@@ -20,9 +20,10 @@ import sys
 import pytest
 
 from ladder_jax import config as config_lib
-from ladder_jax import sweep
+from ladder_jax import references, sweep
 from ladder_jax.sweep import report
 from ladder_jax.train import loop
+from ladder_jax.train import workdir as wd
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FLAGS = ["--num_labels=20,50", "--seeds=0,1", "--presets=full,baseline",
@@ -163,6 +164,84 @@ def test_rerun_trains_only_the_missing_cell(tiny_sweep, jax_cache, tmp_path):
         # The first run trained as one of 2 replicas (vmapped matmuls), the re-run alone:
         # equal up to float reordering, i.e. at most a few of the 10,000 test predictions.
         assert float(r["test_error"]) == pytest.approx(float(old["test_error"]), abs=1e-3)
+
+
+def latest_test_error(workdir: str) -> tuple[float, float]:
+    """(epoch, test error %) of a run's last evaluation, from its metrics.jsonl."""
+    last = [r for r in wd.read_metrics(workdir) if "test_error" in r][-1]
+    return last["epoch"], 100 * last["test_error"]
+
+
+def test_report_only_reads_a_sweep_in_progress_and_trains_nothing(tiny_sweep, jax_cache,
+                                                                   tmp_path):
+    sweep_dir = str(tmp_path / "in_progress")
+    shutil.copytree(tiny_sweep, sweep_dir)
+    for name in (report.RESULTS_CSV, report.SUMMARY_MD, report.PLOT_PNG):
+        os.remove(os.path.join(sweep_dir, name))
+    running = os.path.join(sweep_dir, "full_labels50_seed1")
+    os.remove(os.path.join(running, "results.json"))  # as if it were still training
+    before = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+              for d, _, files in os.walk(sweep_dir) for f in files}
+
+    proc = run_cli([f"--sweep_dir={sweep_dir}", *TINY_FLAGS, "--report_only"], jax_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert trained_cells(proc.stderr) == []
+    assert "7/8 cells finished, 1 pending" in proc.stdout
+    assert {p: os.stat(p).st_mtime_ns for p in before} == before  # the runs are untouched
+    assert not os.path.exists(os.path.join(running, "results.json"))
+    rows = sweep.read_csv(os.path.join(sweep_dir, report.RESULTS_CSV))
+    assert [r["status"] for r in rows].count("pending") == 1
+    with open(os.path.join(sweep_dir, report.SUMMARY_MD)) as f:
+        summary = f.read()
+    epoch, error = latest_test_error(running)
+    assert "1 of 8 cells are still pending." in summary
+    assert (f"- in progress, full at 50 labels: 1 of 1 pending seeds evaluated, at epoch "
+            f"{epoch:.2f} of 1 (stops at step 20); latest test error {error:.2f} %") in summary
+    assert "| 50 | " in summary and "(n=1) |" in summary  # the finished seed of full@50
+    assert "--num_labels=20,50" in summary and "--report_only" not in summary
+    with open(os.path.join(sweep_dir, report.PLOT_PNG), "rb") as f:
+        assert f.read(8) == PNG_SIGNATURE
+
+    # A directory that holds no sweep: one line naming the problem, nothing created.
+    nothing = tmp_path / "no_sweep_here"
+    proc = run_cli([f"--sweep_dir={nothing}", *TINY_FLAGS, "--report_only"], jax_cache)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "does not exist" in last and "start the sweep" in last
+    assert not nothing.exists()
+
+
+def test_table_shows_progress_and_curves_before_any_cell_finishes(tiny_sweep, tmp_path):
+    cells = sweep.build_grid(["full"], [20], [0, 1], layer_sizes=(784, 50, 10), epochs=1,
+                             max_steps=20, steps_per_call=10, checkpoint_every=0)
+    results = []
+    for cell in cells:  # the tiny sweep's runs, as if both were still training
+        workdir = str(tmp_path / cell.name)
+        shutil.copytree(os.path.join(tiny_sweep, cell.name), workdir)
+        os.remove(os.path.join(workdir, "results.json"))
+        results.append(sweep.CellResult(cell, workdir, sweep.PENDING))
+    outputs = sweep.write_table_outputs(results, str(tmp_path), references.PUBLISHED)
+    with open(outputs["summary"]) as f:
+        summary = f.read()
+    (epoch, _), *_ = latests = [latest_test_error(r.workdir) for r in results]
+    errors = [error for _, error in latests]
+    assert epoch == pytest.approx(20 / 600, abs=1e-3)  # 20 steps of 600 per epoch
+    assert errors[0] != errors[1]
+    assert "| full_100 | - | 0 | 1.06 ± 0.37" in summary
+    assert "2 of 2 cells are still pending." in summary
+    assert ("- in progress, full_100: 2 of 2 pending seeds evaluated, at epoch 0.03 of 1 "
+            f"(stops at step 20); latest test error {min(errors):.2f}-{max(errors):.2f} %"
+            ) in summary
+    with open(outputs["plot"], "rb") as f:
+        assert f.read(8) == PNG_SIGNATURE
+    # Nothing evaluated yet: no progress line and no empty plot.
+    for r in results:
+        os.remove(os.path.join(r.workdir, wd.METRICS_FILE))
+    os.remove(outputs["plot"])
+    outputs = sweep.write_table_outputs(results, str(tmp_path), references.PUBLISHED)
+    assert "plot" not in outputs and not os.path.exists(tmp_path / report.CURVES_PNG)
+    with open(outputs["summary"]) as f:
+        assert "in progress" not in f.read()
 
 
 def test_failing_cell_is_reported_and_the_others_finish(tiny_sweep, jax_cache, tmp_path):

@@ -31,6 +31,7 @@ from ladder_jax.sweep.run import (
                                    CellResult,
                                    SweepResult,
                                    finished_result,
+                                   report_sweep,
                                    run_cell,
                                    run_cells_as_replicas,
                                    run_cells_sequentially,

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from absl import logging
 
+from ladder_jax.sweep.grid import Cell
 from ladder_jax.sweep.run import FAILED, FINISHED, PENDING, CellResult
 
 RESULTS_CSV = "results.csv"
@@ -127,11 +128,8 @@ def summary_markdown(results: Sequence[CellResult], command: str | None = None) 
     for n in labels:
         row = [stats[(n, p)].format() if (n, p) in stats else "" for p in presets]
         lines.append(f"| {n} | " + " | ".join(row) + " |")
-    pending = sum(r.status == PENDING for r in results)
     failed = [r for r in results if r.status == FAILED]
-    lines += [""]
-    if pending:
-        lines += [f"{pending} of {len(results)} cells are still pending.", ""]
+    lines += [""] + _pending_lines(results, lambda c: f"{c.preset} at {c.num_labels} labels")
     if failed:
         lines += ["Failed cells:", ""]
         lines += [f"- `{r.cell.name}`: {r.error}" for r in failed]
@@ -154,6 +152,47 @@ def summary_markdown(results: Sequence[CellResult], command: str | None = None) 
     if command:
         lines += ["Command:", "", "```", command, "```", ""]
     return "\n".join(lines)
+
+
+def _curve(workdir: str) -> dict[float, float]:
+    """{epoch: test error %} of a run's evaluated epochs (empty if it has none yet)."""
+    from ladder_jax.train import workdir as wd
+
+    return {r["epoch"]: 100 * r["test_error"] for r in wd.read_metrics(workdir)
+            if "test_error" in r}
+
+
+def _epoch(epoch: float) -> str:
+    """9.0 -> '9', 0.0333 -> '0.03'."""
+    return f"{epoch:.0f}" if float(epoch).is_integer() else f"{epoch:.2f}"
+
+
+def _pending_lines(results: Sequence[CellResult], row_of: Callable[[Cell], str]) -> list[str]:
+    """'k of n cells are still pending.' and, per row (``row_of`` a cell), how far its pending
+    cells have trained (from their metrics.jsonl), so that a long sweep can be read before
+    it ends; [] when nothing is pending."""
+    pending = [r for r in results if r.status == PENDING]
+    if not pending:
+        return []
+    lines = [f"{len(pending)} of {len(results)} cells are still pending.", ""]
+    groups: dict[str, list[CellResult]] = {}
+    for r in pending:
+        groups.setdefault(row_of(r.cell), []).append(r)
+    for row, group in groups.items():
+        curves = [c for c in (_curve(r.workdir) for r in group) if c]
+        if not curves:
+            continue
+        epochs = [max(c) for c in curves]
+        errors = [c[max(c)] for c in curves]
+        reached = (f"epoch {_epoch(min(epochs))}" if min(epochs) == max(epochs)
+                   else f"epochs {_epoch(min(epochs))}-{_epoch(max(epochs))}")
+        error = (f"{errors[0]:.2f}" if len(errors) == 1
+                 else f"{min(errors):.2f}-{max(errors):.2f}")
+        cfg = group[0].cell.config
+        end = f"{cfg.epochs}" + (f" (stops at step {cfg.max_steps})" if cfg.max_steps else "")
+        lines.append(f"- in progress, {row}: {len(curves)} of {len(group)} pending seeds "
+                     f"evaluated, at {reached} of {end}; latest test error {error} %")
+    return lines + ([""] if lines[-1] else [])
 
 
 def _pyplot(path: str):
@@ -184,6 +223,8 @@ def plot_label_efficiency(results: Sequence[CellResult], path: str) -> bool:
     """label_efficiency.png: test error % vs labels (log x), mean ± std per preset, with the
     paper's full-ladder points. Returns False (and logs how to install it) without matplotlib.
     """
+    if not any(r.status == FINISHED for r in results):
+        return False
     plt = _pyplot(path)
     if plt is None:
         return False
@@ -279,42 +320,44 @@ def table_markdown(results: Sequence[CellResult],
         failed = f" ({stat.failed} failed)" if stat.failed else ""
         lines.append(f"| {row} | {ours} | {stat.n}{failed} | {published} | {diff} | "
                      f"{', '.join(map(str, steps)) or '-'} |")
-    pending = sum(r.status == PENDING for r in results)
-    lines += [""] + ([f"{pending} of {len(results)} cells are still pending.", ""] if pending
-                     else [])
+    lines += [""] + _pending_lines(results, lambda c: c.source_preset)
     lines += [f"- `{r.cell.name}` failed: {r.error}" for r in results if r.status == FAILED]
     if command:
         lines += ["", "Command:", "", "```", command, "```"]
     return "\n".join(lines) + "\n"
 
 
-def _curve(workdir: str) -> dict[float, float]:
-    """{epoch: test error %} of a run's evaluated epochs (empty if it has none yet)."""
-    from ladder_jax.train import workdir as wd
-
-    return {r["epoch"]: 100 * r["test_error"] for r in wd.read_metrics(workdir)
-            if "test_error" in r}
-
-
 def plot_curves(results: Sequence[CellResult], path: str) -> bool:
     """test_error_curves.png: test error % per epoch (log y), per row the median over seeds
-    and the min-max band. Returns False (and logs how to install it) without matplotlib."""
+    and the min-max band, finished runs or not. Returns False when no run has evaluated an
+    epoch yet, or (logging how to install it) without matplotlib."""
+    rows = {}
+    for row in dict.fromkeys(r.cell.source_preset for r in results):
+        curves = [_curve(r.workdir) for r in results if r.cell.source_preset == row]
+        if any(curves):
+            rows[row] = [c for c in curves if c]
+    if not rows:
+        return False
     plt = _pyplot(path)
     if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for row in dict.fromkeys(r.cell.source_preset for r in results):
-        curves = [_curve(r.workdir) for r in results if r.cell.source_preset == row]
-        curves = [c for c in curves if c]
-        if not curves:
-            continue
+    for row, curves in rows.items():
         epochs = sorted(set.intersection(*(set(c) for c in curves)))
         values = [[c[e] for c in curves] for e in epochs]
         line, = ax.plot(epochs, [statistics.median(v) for v in values],
                         label=f"{row} (n={len(curves)})", linewidth=1.3)
         ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values],
                         color=line.get_color(), alpha=0.2, linewidth=0)
+    import matplotlib.ticker
     ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    ticks = [t for t in (0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 7, 10, 15, 20, 30, 50, 100)
+             if low <= t <= high]
+    if len(ticks) >= 2:  # plain numbers at round values rather than 6x10^0
+        ax.set_yticks(ticks)
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("epoch")
     ax.set_ylabel("test error (%)")
     ax.set_title("Test error per epoch: median over seeds, min-max band")
@@ -335,13 +378,14 @@ def write_table_outputs(results: Sequence[CellResult], sweep_dir: str,
 
 def _write_all(results: Sequence[CellResult], sweep_dir: str, summary: str,
                plot: tuple[str, Callable[..., bool]] | None) -> dict[str, str]:
-    """results.csv, summary.md (``summary``) and, once a cell finished, the plot (file name,
-    drawing function); returns the paths written by kind."""
+    """results.csv, summary.md (``summary``) and the plot (file name, drawing function, which
+    says whether it drew: not before there is something to draw); returns the paths written
+    by kind."""
     paths = {"csv": os.path.join(sweep_dir, RESULTS_CSV),
              "summary": os.path.join(sweep_dir, SUMMARY_MD)}
     write_csv(results, paths["csv"])
     _atomic_write(paths["summary"], lambda f: f.write(summary))
-    if plot is not None and any(r.status == FINISHED for r in results):
+    if plot is not None:
         name, draw = plot
         if draw(results, os.path.join(sweep_dir, name)):
             paths["plot"] = os.path.join(sweep_dir, name)

@@ -190,6 +190,20 @@ def run_sweep(cells: Sequence[Cell], sweep_dir: str, *, dataset: datasets.Datase
     return SweepResult(final, outputs, time.time() - start)
 
 
+def report_sweep(cells: Sequence[Cell], sweep_dir: str, report: Report) -> SweepResult:
+    """Writes ``report``'s outputs (plots included) for what ``sweep_dir`` holds now and
+    trains nothing: finished cells with their results, the others pending with the progress
+    in their metrics. Safe beside the sweep running there (every output is written
+    atomically; that sweep rewrites them after its next group)."""
+    start = time.time()
+    if not os.path.isdir(sweep_dir):
+        raise ConfigError(f"{sweep_dir} does not exist, so there is nothing to report; start "
+                          "the sweep first, or name the directory it runs in")
+    results, _ = _pending_groups(cells, sweep_dir)
+    final = [results[c.name] for c in cells]
+    return SweepResult(final, report(final, True), time.time() - start)
+
+
 def _pending_groups(cells: Sequence[Cell], sweep_dir: str):
     """({name: result so far}, {shape: [(cell, workdir)] still to train})."""
     results: dict[str, CellResult] = {}
