@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import jax
 from absl import app, flags, logging
 
-from ladder_jax import datasets, platform
+from ladder_jax import datasets, platform, sweep
 from ladder_jax.config import ConfigError
 from ladder_jax.train import TrainingDiverged
 
@@ -297,8 +297,6 @@ def run_sweep_or_report(module: str, cells: Sequence, sweep_dir: str, run_group,
     """Trains the sweep's ``cells`` in ``sweep_dir`` or, with --report_only, only writes the
     outputs of what it holds now; ``write(results, final, command)`` writes them. Prints
     the last lines and returns the exit code (print_sweep_outcome)."""
-    from ladder_jax import sweep
-
     command = shlex.join(["python", "-m", module,
                           *without_flag(sys.argv[1:], "report_only")])
     report = lambda results, final: write(results, final, command)
