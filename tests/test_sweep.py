@@ -211,6 +211,12 @@ def test_report_only_reads_a_sweep_in_progress_and_trains_nothing(tiny_sweep, ja
     assert not nothing.exists()
 
 
+def test_report_refuses_a_directory_of_another_sweep(tiny_sweep):
+    other = sweep.build_grid(["full"], [20], [0], layer_sizes=(784, 50, 10), epochs=2)
+    with pytest.raises(config_lib.ConfigError, match="holds a run with another config"):
+        sweep.report_sweep(other, tiny_sweep, report=lambda results, final: {})
+
+
 def test_table_shows_progress_and_curves_before_any_cell_finishes(tiny_sweep, tmp_path):
     cells = sweep.build_grid(["full"], [20], [0, 1], layer_sizes=(784, 50, 10), epochs=1,
                              max_steps=20, steps_per_call=10, checkpoint_every=0)

@@ -199,7 +199,10 @@ def report_sweep(cells: Sequence[Cell], sweep_dir: str, report: Report) -> Sweep
     if not os.path.isdir(sweep_dir):
         raise ConfigError(f"{sweep_dir} does not exist, so there is nothing to report; start "
                           "the sweep first, or name the directory it runs in")
-    results, _ = _pending_groups(cells, sweep_dir)
+    results, groups = _pending_groups(cells, sweep_dir)
+    for group in groups.values():
+        for cell, workdir in group:
+            _check_workdir(cell, workdir)  # another run's progress is not this cell's
     final = [results[c.name] for c in cells]
     return SweepResult(final, report(final, True), time.time() - start)
 
