@@ -311,7 +311,7 @@ def print_sweep_outcome(outcome, num_cells: int) -> int:
     """The sweep's last lines (cells finished and pending, where the results are, failures);
     the exit code: 1 if any cell failed."""
     failed = outcome.failed
-    finished = sum(r.status == "finished" for r in outcome.results)
+    finished = sum(r.status == sweep.FINISHED for r in outcome.results)
     pending = num_cells - finished - len(failed)
     print(f"{finished}/{num_cells} cells finished" + (f", {pending} pending" if pending else "")
           + f" ({outcome.wall_time_s / 60:.1f} min); results in {outcome.outputs.get('csv')}")
