@@ -250,6 +250,34 @@ def test_table_shows_progress_and_curves_before_any_cell_finishes(tiny_sweep, tm
         assert "in progress" not in f.read()
 
 
+def test_table_summary_of_finished_rows(tmp_path):
+    cells = sweep.build_table(["full_100", "baseline_100"], [2, 0, 1])
+    errors = {("full_100", 2): 0.0090, ("full_100", 0): 0.0100, ("full_100", 1): 0.0122,
+              ("baseline_100", 0): 0.2000}
+    results = []
+    for cell in cells:
+        error = errors.get((cell.source_preset, cell.seed))
+        if cell.source_preset == "baseline_100" and cell.seed == 2:
+            results.append(sweep.CellResult(cell, str(tmp_path / cell.name), sweep.FAILED,
+                                            error="RuntimeError: out of memory"))
+        elif error is None:
+            results.append(sweep.CellResult(cell, str(tmp_path / cell.name), sweep.PENDING))
+        else:
+            results.append(sweep.CellResult(cell, str(tmp_path / cell.name), sweep.FINISHED,
+                                            test_error=error, steps=90_000, wall_time_s=1.0))
+    summary = report.table_markdown(results, references.PUBLISHED, command="cmd", title="T")
+    full = statistics.fmean([0.90, 1.00, 1.22]), statistics.stdev([0.90, 1.00, 1.22])
+    assert full == pytest.approx((1.04, 0.1637), abs=1e-4)
+    # Seeds in seed order whatever the order of --seeds; the difference to the paper's mean.
+    assert (f"| full_100 | {full[0]:.2f} ± {full[1]:.2f} | 3 | 1.06 ± 0.37 (Rasmus 2015 "
+            f"Table 1) | {full[0] - 1.06:+.2f} | 90000 | 0: 1.00, 1: 1.22, 2: 0.90 |") in summary
+    assert ("| baseline_100 | 20.00 ± - | 1 (1 failed) | 21.74 ± 1.77 (Rasmus 2015 Table 1, "
+            "unverified) | -1.74 | 90000 | 0: 20.00 |") in summary
+    assert "1 of 6 cells are still pending." in summary
+    assert "- `baseline_labels100_seed2` failed: RuntimeError: out of memory" in summary
+    assert summary.startswith("# T\n") and "```\ncmd\n```" in summary
+
+
 def test_failing_cell_is_reported_and_the_others_finish(tiny_sweep, jax_cache, tmp_path):
     del tiny_sweep  # its compiled programs are in the cache
     sweep_dir = str(tmp_path / "failing")

@@ -299,12 +299,14 @@ def table_markdown(results: Sequence[CellResult],
                    paper: dict[str, tuple[float, float | None, str]],
                    command: str | None = None, title: str = "Results table") -> str:
     """summary.md of a table: per row mean ± sample std (n) of the final test error, the
-    published figure (``paper``: row -> (mean, std or None, source)) and our mean minus it."""
+    published figure (``paper``: row -> (mean, std or None, source)), our mean minus it and
+    each finished seed's error."""
     lines = [f"# {title}", "",
              ("Final test error (%): mean ± sample standard deviation (ddof=1) over n finished "
-              "seeds, beside the published figure (mean ± std where the paper gives one)."), "",
-             "| row | ours | n | published | ours - published | steps |",
-             "|---|---|---|---|---|---|"]
+              "seeds, beside the published figure (mean ± std where the paper gives one), and "
+              "each seed's error (seed: %)."), "",
+             "| row | ours | n | published | ours - published | steps | per seed |",
+             "|---|---|---|---|---|---|---|"]
     for row, stat in row_stats(results).items():
         ours = "-" if stat.mean is None else (
             f"{stat.mean:.2f} ± {'-' if stat.std is None else f'{stat.std:.2f}'}")
@@ -318,8 +320,11 @@ def table_markdown(results: Sequence[CellResult],
         steps = sorted({r.steps for r in results
                         if r.cell.source_preset == row and r.steps is not None})
         failed = f" ({stat.failed} failed)" if stat.failed else ""
+        per_seed = ", ".join(f"{r.cell.seed}: {100 * r.test_error:.2f}" for r in sorted(
+            (r for r in results if r.cell.source_preset == row and r.status == FINISHED),
+            key=lambda r: r.cell.seed))
         lines.append(f"| {row} | {ours} | {stat.n}{failed} | {published} | {diff} | "
-                     f"{', '.join(map(str, steps)) or '-'} |")
+                     f"{', '.join(map(str, steps)) or '-'} | {per_seed or '-'} |")
     lines += [""] + _pending_lines(results, lambda c: c.source_preset)
     lines += [f"- `{r.cell.name}` failed: {r.error}" for r in results if r.status == FAILED]
     if command:
