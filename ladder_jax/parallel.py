@@ -6,7 +6,7 @@ One mesh with two axes serves every layout:
   loss is jitted over the *global* batch, so batch-norm statistics are those of the whole
   batch and the numbers equal a one-device run up to float reordering (the noise is
   sharding-invariant because ``jax_threefry_partitionable`` is on, the default in jax 0.10).
-* ``'replica'``: independent models trained in one program (``ladder_jax.replicas``) are
+* ``'replica'``: independent models trained in one program (``ladder_jax.train.job``) are
   split over these devices along their leading (replica) axis.
 
 Parameters, optimiser state and the resident uint8 training set are replicated over the

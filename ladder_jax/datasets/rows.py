@@ -1,7 +1,7 @@
 """Every seed-derived choice of rows: labeled / validation sets (numpy) and batch order (jax).
 
-The numbers are those of ``ladder_jax.data`` (select_labeled, split_validation) and
-``ladder_jax.train`` (index_sets, index_stream, the stream keys), moved unchanged.
+The choices are those of the first releases, moved here unchanged, so earlier runs resume
+and reproduce with the same rows.
 """
 
 from __future__ import annotations

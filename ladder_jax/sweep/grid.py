@@ -60,8 +60,10 @@ class Cell:
 
     @property
     def name(self) -> str:
-        """The cell's workdir name inside the sweep directory."""
-        return f"{self.preset}_labels{self.num_labels}_seed{self.seed}"
+        """The cell's workdir name inside the sweep directory; a dataset other than MNIST
+        leads it, so the tables of two datasets can share a directory."""
+        dataset = "" if self.config.dataset == "mnist" else f"{self.config.dataset}_"
+        return f"{dataset}{self.preset}_labels{self.num_labels}_seed{self.seed}"
 
     @property
     def shape_key(self) -> TrainConfig:

@@ -97,7 +97,7 @@ def _check_workdir(cell: Cell, workdir: str) -> None:
     if not same:
         raise ConfigError(
             f"{workdir} holds a run with another config (other training flags?); delete that "
-            "directory or use another --sweep_dir")
+            "directory or give the sweep another directory (--sweep_dir, --table_dir)")
 
 
 def run_cell(cell: Cell, workdir: str, dataset: datasets.Dataset) -> CellResult:
