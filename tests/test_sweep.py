@@ -236,7 +236,8 @@ def test_table_shows_progress_and_curves_before_any_cell_finishes(tiny_sweep, tm
     assert "| full_100 | - | 0 | 1.06 ± 0.37" in summary
     assert "2 of 2 cells are still pending." in summary
     assert ("- in progress, full_100: 2 of 2 pending seeds evaluated, at epoch 0.03 of 1 "
-            f"(stops at step 20); latest test error {min(errors):.2f}-{max(errors):.2f} %"
+            f"(stops at step 20); latest test error {min(errors):.2f}-{max(errors):.2f} % "
+            f"(mean {statistics.fmean(errors):.2f})"
             ) in summary
     with open(outputs["plot"], "rb") as f:
         assert f.read(8) == PNG_SIGNATURE
