@@ -61,7 +61,7 @@ class Cell:
     @property
     def name(self) -> str:
         """The cell's workdir name inside the sweep directory; a dataset other than MNIST
-        leads it, so the tables of two datasets can share a directory."""
+        leads it, so one directory can hold the runs of two datasets."""
         dataset = "" if self.config.dataset == "mnist" else f"{self.config.dataset}_"
         return f"{dataset}{self.preset}_labels{self.num_labels}_seed{self.seed}"
 
