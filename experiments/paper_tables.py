@@ -39,13 +39,17 @@ shared_flags.define_report_flag()
 shared_flags.install_grouped_help()
 
 
+def cells_from_flags() -> list[sweep.Cell]:
+    """The table's cells: --rows x --seeds, the training flags applied."""
+    return sweep.build_table(FLAGS.rows, shared_flags.ints_flag("seeds"),
+                             **shared_flags.train_changes_from_flags())
+
+
 def run(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
-    seeds = shared_flags.ints_flag("seeds")
-    cells = sweep.build_table(FLAGS.rows, seeds, **shared_flags.train_changes_from_flags())
     return common.run_sweep_or_report(
-        "experiments.paper_tables", cells, FLAGS.table_dir, sweep.run_cells_as_replicas,
+        "experiments.paper_tables", cells_from_flags(), FLAGS.table_dir, sweep.run_cells_as_replicas,
         lambda results, final, command: sweep.write_table_outputs(
             results, FLAGS.table_dir, references.PUBLISHED, command=command, plot=final,
             title="The paper's tables, reproduced"))

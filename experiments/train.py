@@ -48,13 +48,20 @@ def _mesh(cfg: config.TrainConfig, num_replicas: int):
     return mesh
 
 
-def run(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
+def configs_from_flags() -> list[config.TrainConfig]:
+    """The run's config, or the --num_replicas=K configs (seeds --seed .. --seed+K-1)."""
     cfg = shared_flags.config_from_flags(config.preset(FLAGS.preset))
     k = FLAGS.num_replicas
     if k < 1:
         raise config.ConfigError(f"--num_replicas={k} must be >= 1")
+    return [cfg.replace(seed=cfg.seed + i) for i in range(k)]
+
+
+def run(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
+    cfgs = configs_from_flags()
+    cfg, k = cfgs[0], len(cfgs)
     mesh = _mesh(cfg, k)
     if k == 1:
         workdir = FLAGS.workdir or default_workdir(cfg)
@@ -65,7 +72,6 @@ def run(argv: list[str]) -> int:
         dirs = [workdir]
     else:
         workdir = FLAGS.workdir or f"{default_workdir(cfg)}_replicas{k}"
-        cfgs = [cfg.replace(seed=cfg.seed + i) for i in range(k)]
         dirs = [train.replica_workdir(workdir, c) for c in cfgs]
         results = [r.results for r in train.train_group(cfgs, workdir, restart=FLAGS.restart,
                                                         mesh=mesh)]

@@ -249,16 +249,12 @@ def defined_runner_flags() -> dict[str, flags.Flag]:
 
 
 def build_train(by_name: dict[str, datasets.Dataset]) -> None:
-    """experiments.train's start-up (its run() up to training): path checks, the config,
-    the replicas' configs, the device count, the fit to the data."""
+    """experiments.train's start-up (its run() up to training, less the multi-host start):
+    path checks, the replicas' configs, the device count, the fit to the data."""
     common.check_paths()
-    cfg = shared_flags.config_from_flags(config.preset(FLAGS.preset))
-    k = FLAGS.num_replicas
-    if k < 1:
-        raise config.ConfigError(f"--num_replicas={k} must be >= 1")
-    parallel.choose_num_devices(FLAGS.num_devices, (cfg.batch_size, cfg.unlabeled_batch_size),
-                                k)
-    cfgs = [cfg.replace(seed=cfg.seed + i) for i in range(k)]
+    cfgs = sys.modules["experiments.train"].configs_from_flags()
+    parallel.choose_num_devices(FLAGS.num_devices,
+                                (cfgs[0].batch_size, cfgs[0].unlabeled_batch_size), len(cfgs))
     check_against_data([cfgs[0], cfgs[-1]], by_name)  # the others differ only in the seed
 
 
@@ -278,12 +274,9 @@ def build_sweep(by_name: dict[str, datasets.Dataset]) -> None:
 def build_table(by_name: dict[str, datasets.Dataset]) -> None:
     """experiments.paper_tables' start-up (its run() up to the sweep): path checks, the
     cells of the rows x seeds, each cell's fit."""
-    from ladder_jax import sweep
-
     common.check_paths()
-    cells = sweep.build_table(FLAGS.rows, shared_flags.ints_flag("seeds"),
-                              **shared_flags.train_changes_from_flags())
-    check_against_data([c.config for c in cells], by_name)
+    check_against_data([c.config for c in sys.modules["experiments.paper_tables"]
+                        .cells_from_flags()], by_name)
 
 
 @pytest.mark.parametrize("module_name, build", [

@@ -4,6 +4,7 @@ the demo path and the notebook API, all on real MNIST with a small network."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -73,6 +74,8 @@ def uninterrupted(tmp_path_factory, mnist) -> str:
 def test_uninterrupted_run_writes_every_artifact(uninterrupted):
     names = set(os.listdir(uninterrupted))
     assert {"config.json", "metrics.jsonl", "results.json", "checkpoints"} <= names
+    # A checkpoint every 20 steps, the newest 3 kept (keep_checkpoints' default).
+    assert checkpoint_steps(uninterrupted) == [260, 280, 300]
     records = workdir.read_metrics(uninterrupted)
     assert [r["step"] for r in records] == [100, 200, 300]
     assert all("test_error" in r and 0.0 <= r["test_error"] <= 1.0 for r in records)
@@ -102,8 +105,16 @@ def test_sigkill_and_resume_give_the_same_params_and_metrics(uninterrupted, tmp_
     assert not os.path.exists(os.path.join(work, "results.json"))
     done = run_cli(f"--workdir={work}", *TINY_FLAGS)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert 140 <= resumed_from(done.stderr) < 300  # not trained again from step 0
     assert numeric_records(work) == numeric_records(uninterrupted)
     assert_same_params(work, uninterrupted)
+
+
+def resumed_from(stderr: str) -> int:
+    """The step a run's log says it resumed from."""
+    found = re.search(r"from the checkpoint at step (\d+)", stderr)
+    assert found, stderr[-3000:]
+    return int(found[1])
 
 
 def test_finished_workdir_is_not_retrained_and_flagfiles_are_read(uninterrupted, tmp_path):
@@ -269,6 +280,7 @@ def test_damaged_newest_checkpoint_then_a_larger_max_steps_give_the_longer_run(u
     assert done.returncode == 0, done.stderr[-3000:]
     warnings = [line for line in done.stderr.splitlines() if "cannot be read" in line]
     assert len(warnings) == 1 and "140" in warnings[0]
+    assert resumed_from(done.stderr) == 120
     assert numeric_records(work) == numeric_records(uninterrupted)
     assert_same_params(work, uninterrupted)
     assert os.path.isdir(os.path.join(work, workdir.CHECKPOINT_DIR, "damaged-140"))

@@ -384,6 +384,36 @@ def test_population_stats_over_the_unlabeled_rows(validation_job, mnist):
             assert_stats_close(stats, other, "other rows")
 
 
+def test_validation_and_test_errors_are_scored_on_their_own_rows(validation_job, mnist):
+    job = validation_job
+    training = np.setdiff1d(np.arange(60000), np.asarray(job.rows[0].validation))
+    images, labels = np.asarray(mnist.train_images), np.asarray(mnist.train_labels)
+    # A model that tells digits apart (an untrained one errs ~94 % on any rows alike): the
+    # first hidden units match the class-mean images, the top reads them out.
+    params = jax.tree.map(np.array, job_lib.init_job_state(job).params)
+    flat = images[training].reshape(-1, 784) / 255.0
+    means = np.stack([flat[labels[training] == c].mean(0) for c in range(10)], axis=1)
+    params["W"][0][:, :10] = means - means.mean(1, keepdims=True)
+    params["W"][1][:] = 0.0
+    params["W"][1][:10, :10] = np.eye(10)
+    _, result = job_lib.evaluate_model(job, 0, jax.tree.map(jnp.asarray, params))
+    eps = job.cfgs[0].model.bn_eps
+    want_stats = np_population_stats([params], images[training], eps)[0]
+
+    def error(rows_images, rows_labels):
+        return np.mean(np_predict(params, want_stats, rows_images, eps) != rows_labels)
+
+    validation = np.asarray(job.rows[0].validation)
+    want_val = error(images[validation], labels[validation])
+    want_test = error(np.asarray(mnist.test_images), np.asarray(mnist.test_labels))
+    assert result["val_error"] == pytest.approx(want_val, abs=5e-4)
+    assert result["test_error"] == pytest.approx(want_test, abs=5e-4)
+    # the check discriminates: the other set's (or other training rows') error is far off
+    other_rows = training[:10000]
+    for other in (want_test, error(images[other_rows], labels[other_rows])):
+        assert abs(other - want_val) > 2e-3, (other, want_val)
+
+
 # ------------------------------------------------------------------ 4. saved statistics
 
 
