@@ -20,7 +20,9 @@ from jax.flatten_util import ravel_pytree
 
 from ladder_jax import config, losses, models
 from ladder_jax.config import ConfigError, ModelConfig
+from ladder_jax.datasets import base as datasets_base
 from ladder_jax.models import conv
+from ladder_jax.train import evaluate as eval_lib
 
 # The authors' specs (CuriousAI/ladder README.md)
 CONV_SMALL = ("convf:32:5:1:1-maxpool:2:2-convv:64:3:1:1-convf:64:3:1:1-maxpool:2:2-"
@@ -227,7 +229,10 @@ def np_clean_pass(cfg, params, x):
         axes = tuple(range(z.ndim - 1))
         return (z - z.mean(axes)) / np.sqrt(z.var(axes) + cfg.bn_eps)
 
-    relu = functools.partial(np.maximum, 0.0)
+    if cfg.activation == "relu":
+        relu = functools.partial(np.maximum, 0.0)
+    else:  # the authors' leaky relu, slope 0.1
+        relu = lambda v: np.where(v > 0, v, 0.1 * v)
     n = x.shape[0]
     z1 = bn(np_conv(np.float64(x), w["1"], 2, 0))  # convv stride 2
     z2 = bn(np_conv(relu(z1 + beta["1"]), w["2"], 1, 1))  # convf: pad K - 1
@@ -236,7 +241,7 @@ def np_clean_pass(cfg, params, x):
     z4 = bn(np_conv(z3, w["4"], 2, 1))  # pool is linear, no beta; convf stride 2
     z5 = bn(relu(z4 + beta["4"]).mean(axis=(1, 2)))
     z6 = bn(z5 @ w["6"])
-    logits = np.asarray(params["gamma"]) * (z6 + beta["6"])
+    logits = (np.asarray(params["gamma"]) if cfg.top_c else 1.0) * (z6 + beta["6"])
     return pre_norm, [z1, z2, z3, z4, z5, z6], logits
 
 
@@ -294,6 +299,41 @@ def test_population_stats_equal_the_batch_statistics_of_the_whole_set():
                                    atol=1e-5)
         np.testing.assert_allclose(with_pop.z[layer], whole.z[layer], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(with_pop.logits, whole.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_cifar_settings_leaky_relu_no_top_gamma_and_whitening_in_evaluation():
+    """Conv-Large's options on the TINY net: leaky relu, logits without gamma (top_c off)
+    and the dataset's GCN + ZCA applied to the uint8 images by population statistics and
+    prediction; against numpy in float64."""
+    cfg = tiny_cfg(NONE, activation="leakyrelu", top_c=False)
+    params = random_params(cfg, 7)
+    assert "gamma" not in params
+    rng = np.random.default_rng(8)
+    images = rng.integers(0, 256, (16, *TINY_INPUT), dtype=np.uint8)
+    dim = int(np.prod(TINY_INPUT))
+    prep = datasets_base.Preprocessing(
+        55.0, (0.1 * rng.standard_normal(dim)).astype(np.float32),
+        (np.eye(dim) + 0.05 * rng.standard_normal((dim, dim))).astype(np.float32))
+    f64 = functools.partial(np.asarray, dtype=np.float64)
+    flat = images.reshape(16, dim).astype(np.float64)
+    flat -= flat.mean(1, keepdims=True)
+    flat *= 55.0 / np.sqrt(np.sum(flat * flat, 1, keepdims=True))
+    x = ((flat - prep.mean) @ f64(prep.whitening)).reshape(images.shape)
+    pre_norm, _, logits = np_clean_pass(cfg, params, x)
+
+    pop = eval_lib.population_stats(params, cfg, jnp.asarray(images), jnp.arange(16), prep)
+    for layer in range(1, cfg.num_layers + 1):
+        axes = tuple(range(pre_norm[layer - 1].ndim - 1))
+        np.testing.assert_allclose(pop.mean[layer], pre_norm[layer - 1].mean(axes),
+                                   rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(pop.var[layer], pre_norm[layer - 1].var(axes), rtol=1e-3,
+                                   atol=1e-4)
+    # The population of these 16 rows is their batch: numpy's logits are the prediction's.
+    predicted = eval_lib.predict(params, cfg, pop, images, prep)
+    np.testing.assert_array_equal(predicted, np.argmax(logits, -1))
+    assert len(set(predicted.tolist())) > 1
+    # Without the whitening (images / 255) the same model predicts otherwise.
+    assert not np.array_equal(eval_lib.predict(params, cfg, pop, images), predicted)
 
 
 def test_encode_from_a_kept_layer_output_gives_the_full_passs_layers_above_it():
