@@ -18,11 +18,11 @@ from absl import app, flags, logging
 
 from ladder_jax import datasets, platform, sweep
 from ladder_jax.config import ConfigError
-from ladder_jax.train import TrainingDiverged
+from ladder_jax.train import CheckpointError, TrainingDiverged
 
 #: Set to 1 to see the traceback behind an error line.
 TRACEBACK_ENV = "LADDER_JAX_TRACEBACK"
-USER_ERRORS = (ConfigError, datasets.DataError, TrainingDiverged)
+USER_ERRORS = (ConfigError, datasets.DataError, TrainingDiverged, CheckpointError)
 
 #: The kinds of path a flag may name (see check_paths):
 #: OUTPUT_DIR  a directory the run writes in; created if missing, so then its nearest
@@ -48,10 +48,14 @@ NO_CACHE = "none"
 
 
 class _QuietLibraries(std_logging.Filter):
-    """Drops INFO chatter of orbax/jax internals so progress lines stay readable."""
+    """Drops INFO chatter of orbax/jax internals so progress lines stay readable, and
+    orbax's errors from its background threads (their tracebacks): a failed save reaches
+    the runner as a CheckpointError, one line (all of them with the traceback switch)."""
 
     def filter(self, record: std_logging.LogRecord) -> bool:
         noisy = "orbax" in record.pathname or "/jax/" in record.pathname
+        if "orbax" in record.pathname and record.levelno >= std_logging.ERROR:
+            return _show_traceback()
         return record.levelno >= std_logging.WARNING or not noisy
 
 
@@ -96,6 +100,14 @@ def entry_point(run: Callable[[list[str]], int], compilation_cache_dir: Callable
             if _show_traceback():
                 traceback.print_exc()
             print(error_line(e), file=sys.stderr)
+            if isinstance(e, CheckpointError) and _is_runner_command(sys.argv) \
+                    and not _show_traceback():
+                # After a failed save, orbax's writer tasks print the failure again while
+                # the interpreter shuts down (after this line); the older checkpoints are
+                # final by now (the loop waited for the save), so leave without that.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)
             return 1
 
     return main

@@ -109,5 +109,15 @@ def test_replica_dirs_put_each_replica_where_the_caller_wants(tmp_path, mnist):
         assert wd.read_json(os.path.join(d, wd.RESULTS_FILE)) == run.results
         assert [r["step"] for r in wd.read_metrics(d)] == [CHUNK]
     assert os.listdir(tmp_path / "group") != []  # checkpoints + replicas.json stay there
+    assert int(train.load_run(dirs[0])[1].step) == CHUNK  # from the group's checkpoint
+    # A member trained again on its own (a sweep re-run with one pending seed) is loaded
+    # from its own checkpoints, not from the group's older ones.
+    os.remove(os.path.join(dirs[0], wd.RESULTS_FILE))
+    alone = train.train_and_evaluate(cfgs[0].replace(max_steps=2 * CHUNK), dirs[0],
+                                     dataset=mnist)
+    assert not os.path.exists(os.path.join(dirs[0], loop.MEMBER_FILE))
+    _, state, _ = train.load_run(dirs[0])
+    assert int(state.step) == 2 * CHUNK
+    _assert_params_close(state.params, alone.state.params)
     with pytest.raises(config.ConfigError, match="distinct"):
         train.train_group(cfgs, str(tmp_path / "g2"), mnist, run_dirs=[dirs[0], dirs[1], dirs[0]])

@@ -288,6 +288,75 @@ def test_damaged_newest_checkpoint_then_a_larger_max_steps_give_the_longer_run(u
     assert history[-1]["changed"] == {"max_steps": [140, 300], "checkpoint_every": [20, 50]}
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 600 KiB tmpfs: too small for the first checkpoint (needs root; skipped elsewhere)."""
+    path = tmp_path / "small_disk"
+    path.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(path)],
+                           capture_output=True, text=True, check=False)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def test_full_disk_is_one_error_and_the_same_command_resumes(uninterrupted, small_disk):
+    del uninterrupted  # its compiled programs are in the cache
+    work = str(small_disk / "w")
+    flags = [f"--workdir={work}", *TINY_FLAGS, "--max_steps=40"]
+    full = run_cli(*flags)
+    assert full.returncode == 1
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: a checkpoint could not be written in ") and \
+        "No space left on device" in last and "run the same command to resume" in last, last
+    assert not os.path.exists(os.path.join(work, "results.json"))
+    subprocess.run(["mount", "-o", "remount,size=50m", str(small_disk)], check=True)
+    again = run_cli(*flags)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert workdir.read_json(os.path.join(work, "results.json"))["step"] == 40
+    assert checkpoint_steps(work) == [20, 40]
+
+
+@pytest.mark.parametrize("tail", [
+    b'{"step": 30, "wall_',          # a kill or a full disk mid-line
+    b'{"step": 30}',                 # a whole record but not its newline
+    b'[1, 2]\n{"step": 40}\n',       # not a record, and what follows it
+    b'\xff\xfe{"step": 30}\n',       # bytes that are not UTF-8
+])
+def test_a_torn_metrics_tail_is_dropped_when_the_run_resumes(tmp_path, tail):
+    path = tmp_path / workdir.METRICS_FILE
+    path.write_bytes(b'{"step": 10, "loss": 1.5}\n{"step": 20, "loss": 1.25}\n' + tail)
+    whole = [{"step": 10, "loss": 1.5}, {"step": 20, "loss": 1.25}]
+    if tail == b'{"step": 30}':
+        whole.append({"step": 30})
+    assert workdir.read_metrics(str(tmp_path)) == whole
+    writer = workdir.MetricsWriter(str(tmp_path))
+    assert writer.truncate_after(30) == whole  # resumed from the step-30 checkpoint
+    writer.write({"step": 40, "loss": 1.0})
+    writer.close()
+    assert [r["step"] for r in workdir.read_metrics(str(tmp_path))] == \
+        [r["step"] for r in whole] + [40]
+
+
+def test_a_damaged_results_file_of_a_finished_run_is_written_again(uninterrupted, tmp_path):
+    work = str(tmp_path / "w")
+    shutil.copytree(uninterrupted, work)
+    path = os.path.join(work, workdir.RESULTS_FILE)
+    stored = workdir.read_json(path)
+    with open(path, "r+b") as f:  # an interrupted copy
+        f.truncate(os.path.getsize(path) // 2)
+    again = run_cli(f"--workdir={work}", *TINY_FLAGS)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "results.json cannot be read" in again.stderr
+    rewritten = workdir.read_json(path)
+    assert rewritten["final_test_error"] == stored["final_test_error"]
+    assert rewritten["step"] == stored["step"] == 300
+    assert checkpoint_steps(work) == checkpoint_steps(uninterrupted)  # nothing trained
+
+
 def test_every_checkpoint_damaged_is_one_error_suggesting_restart(uninterrupted, tmp_path):
     work = str(tmp_path / "all_damaged")
     shutil.copytree(uninterrupted, work)

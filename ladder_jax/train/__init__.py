@@ -23,5 +23,6 @@ from ladder_jax.train.state import (
                                    metric_names,
 )
 from ladder_jax.train.step import DeviceData, noise_block_size, train_steps
+from ladder_jax.train.workdir import CheckpointError
 
 __all__ = [name for name in dir() if not name.startswith("_")]  # the names above

@@ -105,10 +105,12 @@ def train_models(cfgs: Sequence[TrainConfig], state_dir: str, run_dirs: Sequence
         state, bn_stats = _loop(job, state, bn_stats, checkpoints, writers, records, clock,
                                 reference, progress)
     finally:
-        checkpoints.wait()
-        checkpoints.close()
-        for w in writers:
-            w.close()
+        try:
+            checkpoints.wait()
+        finally:
+            checkpoints.close()
+            for w in writers:
+                w.close()
     return _results(job, state, bn_stats, records, clock, state_dir, run_dirs)
 
 
@@ -265,6 +267,9 @@ def _prepare(job: job_lib.Job, state_dir: str, run_dirs: list[str], restart: boo
         _check_group_dir(job, state_dir, restart)
     for cfg, run_dir in zip(job.cfgs, run_dirs):
         wd.prepare(run_dir, cfg, restart)
+        member = os.path.join(run_dir, MEMBER_FILE)
+        if not apart and wd.is_writer() and os.path.exists(member):
+            os.remove(member)  # once in a group, now trained on its own: load_run reads here
     if apart and wd.is_writer():
         wd.write_json_atomic(os.path.join(state_dir, GROUP_FILE),
                              [c.to_dict() for c in job.cfgs])
@@ -292,6 +297,22 @@ def _check_group_dir(job: job_lib.Job, state_dir: str, restart: bool) -> None:
         wd.clear(state_dir)
 
 
+def _stored_results(path: str) -> dict[str, Any] | None:
+    """A finished run's results.json, or None when it is missing or damaged (then it is
+    written again from the run's checkpoint and metrics)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        results = wd.read_json(path)
+    except (OSError, ValueError) as e:
+        logging.warning("%s cannot be read (%s); writing it again", path, e)
+        return None
+    if not isinstance(results, dict) or "final_test_error" not in results:
+        logging.warning("%s is not a run's results; writing it again", path)
+        return None
+    return results
+
+
 def _results(job, state, bn_stats, records, clock, state_dir, run_dirs) -> list[RunResult]:
     """Each model's results.json (or the stored one when nothing was trained now)."""
     sched = job.schedule
@@ -300,9 +321,8 @@ def _results(job, state, bn_stats, records, clock, state_dir, run_dirs) -> list[
     out = []
     for i, cfg in enumerate(job.cfgs):
         path = os.path.join(run_dirs[i], wd.RESULTS_FILE)
-        if clock.steps == 0 and os.path.exists(path):
-            results = wd.read_json(path)
-        else:
+        results = _stored_results(path) if clock.steps == 0 else None
+        if results is None:
             final = records[i][-1] if records[i] else {}
             if "test_error" not in final:
                 bn_stats[i], final = job_lib.evaluate_model(job, i, states[i].params)

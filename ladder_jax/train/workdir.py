@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -172,13 +173,16 @@ class MetricsWriter:
 
     def truncate_after(self, step: int) -> list[dict[str, Any]]:
         """Drops lines with a step beyond ``step`` (written after the restored checkpoint)
-        and returns the kept records."""
-        records = read_metrics(os.path.dirname(self.path))
+        and a torn tail (a kill or a full disk mid-write, which the next line would
+        otherwise extend), and returns the kept records."""
+        records, whole = _read_metrics(self.path)
         kept = [r for r in records if r["step"] <= step]
-        if self.enabled and len(kept) != len(records):
+        if self.enabled and (len(kept) != len(records) or not whole):
             tmp = self.path + ".tmp"
             with open(tmp, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in kept)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, self.path)
         return kept
 
@@ -201,18 +205,34 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl (a torn last line, from a kill mid-write, is ignored)."""
-    path = os.path.join(workdir, METRICS_FILE)
+    """The records of metrics.jsonl up to the first line that is not a whole record (a torn
+    last line, from a kill mid-write, is ignored)."""
+    return _read_metrics(os.path.join(workdir, METRICS_FILE))[0]
+
+
+def _read_metrics(path: str) -> tuple[list[dict[str, Any]], bool]:
+    """(the records before the first line that is not a whole record, whether every line of
+    the file is one, newline included)."""
     if not os.path.exists(path):
-        return []
+        return [], True
     records = []
-    with open(path) as f:
+    with open(path, errors="replace") as f:
         for line in f:
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
-                break
-    return records
+                return records, False
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                return records, False
+            records.append(record)
+            if not line.endswith("\n"):
+                return records, False
+    return records, True
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (a full disk, a directory gone); the older ones
+    are intact, so the same command resumes once the cause is fixed."""
 
 
 class Checkpoints:
@@ -229,8 +249,21 @@ class Checkpoints:
         return self.manager.latest_step()
 
     def save(self, step: int, item: Any) -> None:
-        """Starts an atomic save (asynchronous; finalised in the background)."""
-        self.manager.save(step, args=ocp.args.StandardSave(item))
+        """Starts an atomic save (asynchronous; finalised in the background). CheckpointError
+        when this or the previous save fails."""
+        try:
+            self.manager.save(step, args=ocp.args.StandardSave(item))
+        except Exception as e:
+            raise self._save_failed(e) from e
+
+    def _save_failed(self, e: Exception) -> CheckpointError:
+        # tensorstore's messages are long; the OS error they carry says it in a few words
+        os_error = re.search(r"os_error_code='?(\d+)", str(e))
+        reason = (os.strerror(int(os_error[1])) if os_error else
+                  (str(e).strip().splitlines() or [type(e).__name__])[0][:300])
+        return CheckpointError(f"a checkpoint could not be written in {self.directory} "
+                               f"({reason}); the older checkpoints are intact: free disk space "
+                               "(or fix the directory) and run the same command to resume")
 
     def restore(self, target: Any, step: int | None = None) -> Any:
         """Restores the checkpoint at ``step`` (default latest) into ``target``'s structure."""
@@ -268,7 +301,11 @@ class Checkpoints:
         self.manager.reload()
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for the save in flight; CheckpointError when it failed."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._save_failed(e) from e
 
     def close(self) -> None:
         self.manager.close()
