@@ -48,14 +48,16 @@ NO_CACHE = "none"
 
 
 class _QuietLibraries(std_logging.Filter):
-    """Drops INFO chatter of orbax/jax internals so progress lines stay readable, and
-    orbax's errors from its background threads (their tracebacks): a failed save reaches
-    the runner as a CheckpointError, one line (all of them with the traceback switch)."""
+    """Drops INFO chatter of orbax/jax internals so progress lines stay readable, and cuts
+    orbax's errors to their first line (its background threads log whole tracebacks; a
+    failed save reaches the runner as a CheckpointError). The traceback switch keeps all."""
 
     def filter(self, record: std_logging.LogRecord) -> bool:
         noisy = "orbax" in record.pathname or "/jax/" in record.pathname
-        if "orbax" in record.pathname and record.levelno >= std_logging.ERROR:
-            return _show_traceback()
+        if "orbax" in record.pathname and record.levelno >= std_logging.ERROR \
+                and not _show_traceback():
+            record.msg = (record.getMessage().splitlines() or [""])[0][:300]
+            record.args, record.exc_info, record.exc_text = (), None, None
         return record.levelno >= std_logging.WARNING or not noisy
 
 

@@ -18,8 +18,8 @@ from ladder_jax import config, sweep
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("sweep_dir", "runs/label_sweep", "Directory of the sweep: one workdir per "
-                    "cell ([<dataset>_]<family>_labels<N>_seed<S>; the dataset only when "
-                    "not MNIST) plus results.csv, summary.md and label_efficiency.png.")
+                    "cell (<family>_labels<N>_seed<S>) plus results.csv, summary.md and "
+                    "label_efficiency.png.")
 flags.DEFINE_list("num_labels", ["20", "50", "100", "600", "1000", "3000", "all"],
                   "Label counts (multiples of the class count, or 'all').")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; each is a separate run per cell.")

@@ -27,8 +27,8 @@ CONV_ROWS = [r for r in ("conv_small_gamma_100", "conv_fc_100", "conv_small_base
              if r in config.PRESETS]
 
 flags.DEFINE_string("table_dir", "runs/paper_tables", "Directory of the table: one workdir per "
-                    "cell ([<dataset>_]<family>_labels<N>_seed<S>; the dataset only when "
-                    "not MNIST) plus results.csv, summary.md and test_error_curves.png.")
+                    "cell (<family>_labels<N>_seed<S>) plus results.csv, summary.md and "
+                    "test_error_curves.png.")
 flags.DEFINE_list("rows", MLP_ROWS + CONV_ROWS, "Presets to run, one table row each: "
                   + ", ".join(config.PRESETS) + ".")
 flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds of every row.")
@@ -49,7 +49,8 @@ def run(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
     return common.run_sweep_or_report(
-        "experiments.paper_tables", cells_from_flags(), FLAGS.table_dir, sweep.run_cells_as_replicas,
+        "experiments.paper_tables", cells_from_flags(), FLAGS.table_dir,
+        sweep.run_cells_as_replicas,
         lambda results, final, command: sweep.write_table_outputs(
             results, FLAGS.table_dir, references.PUBLISHED, command=command, plot=final,
             title="The paper's tables, reproduced"))

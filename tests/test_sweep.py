@@ -341,17 +341,6 @@ def test_grid_uses_the_papers_settings_per_label_count():
         sweep.build_grid(["full"], [20, 15], [0])
 
 
-def test_cells_of_other_datasets_are_named_apart():
-    mnist = sweep.build_table(["full_100", "baseline_100"], [0, 1])
-    fashion = sweep.build_table(["full_100", "baseline_100"], [0, 1], dataset="fashion_mnist")
-    assert [c.name for c in mnist][:2] == ["full_labels100_seed0", "full_labels100_seed1"]
-    assert [c.name for c in fashion][:2] == ["fashion_mnist_full_labels100_seed0",
-                                             "fashion_mnist_full_labels100_seed1"]
-    assert not {c.name for c in mnist} & {c.name for c in fashion}  # one --table_dir serves both
-    grid = sweep.build_grid(["full"], [20], [0], dataset="fashion_mnist")
-    assert grid[0].name == "fashion_mnist_full_labels20_seed0"
-
-
 def test_layer_sizes_keep_bottom_and_top_settings():
     cells = sweep.build_grid(["full", "gamma", "baseline"], [100], [0],
                              layer_sizes=(784, 50, 10))

@@ -60,10 +60,8 @@ class Cell:
 
     @property
     def name(self) -> str:
-        """The cell's workdir name inside the sweep directory; a dataset other than MNIST
-        leads it, so one directory can hold the runs of two datasets."""
-        dataset = "" if self.config.dataset == "mnist" else f"{self.config.dataset}_"
-        return f"{dataset}{self.preset}_labels{self.num_labels}_seed{self.seed}"
+        """The cell's workdir name inside the sweep directory."""
+        return f"{self.preset}_labels{self.num_labels}_seed{self.seed}"
 
     @property
     def shape_key(self) -> TrainConfig:

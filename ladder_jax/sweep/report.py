@@ -186,8 +186,10 @@ def _pending_lines(results: Sequence[CellResult], row_of: Callable[[Cell], str])
         errors = [c[max(c)] for c in curves]
         reached = (f"epoch {_epoch(min(epochs))}" if min(epochs) == max(epochs)
                    else f"epochs {_epoch(min(epochs))}-{_epoch(max(epochs))}")
-        error = (f"{errors[0]:.2f} %" if len(errors) == 1 else
-                 f"{min(errors):.2f}-{max(errors):.2f} % (mean {statistics.fmean(errors):.2f})")
+        error = f"{errors[0]:.2f} %" if len(errors) == 1 else \
+            f"{min(errors):.2f}-{max(errors):.2f} %"
+        if len(errors) > 1 and min(epochs) == max(epochs):  # a mean of one epoch's errors
+            error += f" (mean {statistics.fmean(errors):.2f})"
         cfg = group[0].cell.config
         end = f"{cfg.epochs}" + (f" (stops at step {cfg.max_steps})" if cfg.max_steps else "")
         lines.append(f"- in progress, {row}: {len(curves)} of {len(group)} pending seeds "

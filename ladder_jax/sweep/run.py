@@ -67,8 +67,8 @@ def finished_result(cell: Cell, workdir: str) -> CellResult | None:
     try:
         if wd.read_config(workdir).identity() != cell.config.identity():
             return None
-        results = wd.read_json(os.path.join(workdir, wd.RESULTS_FILE))
-        if not _reached_end(cell.config, results):
+        results = wd.read_results(workdir)
+        if results is None or not _reached_end(cell.config, results):
             return None  # finished an earlier, shorter request (e.g. a smaller max_steps)
         return _result_from(cell, workdir, results, ran=False)
     except (OSError, ValueError, KeyError, TypeError):
@@ -108,7 +108,8 @@ def run_cell(cell: Cell, workdir: str, dataset: datasets.Dataset) -> CellResult:
         run = train.train_and_evaluate(cell.config, workdir, dataset=dataset)
     except Exception as e:  # noqa: BLE001 - a failing cell must not stop the sweep
         message = f"{type(e).__name__}: {e}".splitlines()[0]
-        expected = (ConfigError, datasets.DataError, train.TrainingDiverged)
+        expected = (ConfigError, datasets.DataError, train.TrainingDiverged,
+                    train.CheckpointError)
         log = logging.error if isinstance(e, expected) else logging.exception  # + traceback
         log("cell %s FAILED: %s", cell.name, message)
         return CellResult(cell, workdir, FAILED, error=message, ran=True)

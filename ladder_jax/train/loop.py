@@ -9,6 +9,7 @@ K > 1 models also writes its configs to <state dir>/replicas.json (the resume ch
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -104,11 +105,15 @@ def train_models(cfgs: Sequence[TrainConfig], state_dir: str, run_dirs: Sequence
                        job_lib.current_step(job, state))
         state, bn_stats = _loop(job, state, bn_stats, checkpoints, writers, records, clock,
                                 reference, progress)
+        checkpoints.wait()  # CheckpointError if the last save failed
+    except BaseException:
+        with contextlib.suppress(wd.CheckpointError):  # the error in flight says more
+            checkpoints.wait()
+        raise
     finally:
         try:
-            checkpoints.wait()
-        finally:
             checkpoints.close()
+        finally:
             for w in writers:
                 w.close()
     return _results(job, state, bn_stats, records, clock, state_dir, run_dirs)
@@ -261,7 +266,8 @@ def eta_string(seconds: float) -> str:
 
 def _prepare(job: job_lib.Job, state_dir: str, run_dirs: list[str], restart: bool) -> None:
     """Each model's config.json and, when the checkpoints live apart from the run dirs (a
-    group), the group's replicas.json and in each run dir a pointer to it (replica.json)."""
+    group), the group's replicas.json and in each run dir a pointer to it (replica.json);
+    a run dir that once pointed to a group and now trains on its own loses the pointer."""
     apart = any(os.path.abspath(d) != os.path.abspath(state_dir) for d in run_dirs)
     if apart:
         _check_group_dir(job, state_dir, restart)
@@ -297,22 +303,6 @@ def _check_group_dir(job: job_lib.Job, state_dir: str, restart: bool) -> None:
         wd.clear(state_dir)
 
 
-def _stored_results(path: str) -> dict[str, Any] | None:
-    """A finished run's results.json, or None when it is missing or damaged (then it is
-    written again from the run's checkpoint and metrics)."""
-    if not os.path.exists(path):
-        return None
-    try:
-        results = wd.read_json(path)
-    except (OSError, ValueError) as e:
-        logging.warning("%s cannot be read (%s); writing it again", path, e)
-        return None
-    if not isinstance(results, dict) or "final_test_error" not in results:
-        logging.warning("%s is not a run's results; writing it again", path)
-        return None
-    return results
-
-
 def _results(job, state, bn_stats, records, clock, state_dir, run_dirs) -> list[RunResult]:
     """Each model's results.json (or the stored one when nothing was trained now)."""
     sched = job.schedule
@@ -321,7 +311,8 @@ def _results(job, state, bn_stats, records, clock, state_dir, run_dirs) -> list[
     out = []
     for i, cfg in enumerate(job.cfgs):
         path = os.path.join(run_dirs[i], wd.RESULTS_FILE)
-        results = _stored_results(path) if clock.steps == 0 else None
+        # nothing trained now: the stored results, or (missing or damaged) written again
+        results = wd.read_results(run_dirs[i]) if clock.steps == 0 else None
         if results is None:
             final = records[i][-1] if records[i] else {}
             if "test_error" not in final:

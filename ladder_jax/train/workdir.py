@@ -64,6 +64,27 @@ def read_json(path: str) -> Any:
         return json.load(f)
 
 
+#: What every results.json holds (the loop writes more).
+RESULTS_KEYS = ("final_test_error", "step", "epochs", "wall_time_s")
+
+
+def read_results(workdir: str) -> dict[str, Any] | None:
+    """A finished run's results.json, or None when there is none or it is damaged (a torn
+    copy: a warning names it)."""
+    path = os.path.join(workdir, RESULTS_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        results = read_json(path)
+    except (OSError, ValueError) as e:
+        logging.warning("%s cannot be read (%s); it is made again", path, e)
+        return None
+    if not isinstance(results, dict) or not all(k in results for k in RESULTS_KEYS):
+        logging.warning("%s is not a run's results; it is made again", path)
+        return None
+    return results
+
+
 def prepare(workdir: str, cfg: TrainConfig, restart: bool) -> None:
     """Creates ``workdir`` and its config.json, or checks the existing one is the same run.
 
@@ -205,14 +226,15 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl up to the first line that is not a whole record (a torn
-    last line, from a kill mid-write, is ignored)."""
+    """The records of metrics.jsonl up to the first line that is not a record (a torn last
+    line, from a kill mid-write, is ignored)."""
     return _read_metrics(os.path.join(workdir, METRICS_FILE))[0]
 
 
 def _read_metrics(path: str) -> tuple[list[dict[str, Any]], bool]:
-    """(the records before the first line that is not a whole record, whether every line of
-    the file is one, newline included)."""
+    """(the records before the first line that is not a record, whether every line of the
+    file is a record ending in a newline: False also when only the last newline is
+    missing, a record the next append would run into)."""
     if not os.path.exists(path):
         return [], True
     records = []
@@ -257,13 +279,16 @@ class Checkpoints:
             raise self._save_failed(e) from e
 
     def _save_failed(self, e: Exception) -> CheckpointError:
+        where = f"a checkpoint could not be written in {self.directory}"
         # tensorstore's messages are long; the OS error they carry says it in a few words
         os_error = re.search(r"os_error_code='?(\d+)", str(e))
-        reason = (os.strerror(int(os_error[1])) if os_error else
-                  (str(e).strip().splitlines() or [type(e).__name__])[0][:300])
-        return CheckpointError(f"a checkpoint could not be written in {self.directory} "
-                               f"({reason}); the older checkpoints are intact: free disk space "
-                               "(or fix the directory) and run the same command to resume")
+        if os_error:
+            return CheckpointError(f"{where} ({os.strerror(int(os_error[1]))}); the older "
+                                   "checkpoints are intact: free disk space (or fix the "
+                                   "directory) and run the same command to resume")
+        reason = (str(e).strip().splitlines() or [""])[0][:300]
+        return CheckpointError(f"{where} ({type(e).__name__}: {reason}); the older checkpoints "
+                               f"are intact (LADDER_JAX_TRACEBACK=1 shows where it failed)")
 
     def restore(self, target: Any, step: int | None = None) -> Any:
         """Restores the checkpoint at ``step`` (default latest) into ``target``'s structure."""
