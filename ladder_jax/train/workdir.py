@@ -37,13 +37,18 @@ def is_writer() -> bool:
 
 def write_json_atomic(path: str, obj: Any) -> None:
     """Writes ``obj`` as JSON to ``path`` via a temporary file and os.replace."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` via a temporary file (synced) and os.replace."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-",
+                               suffix=os.path.splitext(path)[1])
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -199,12 +204,7 @@ class MetricsWriter:
         records, whole = _read_metrics(self.path)
         kept = [r for r in records if r["step"] <= step]
         if self.enabled and (len(kept) != len(records) or not whole):
-            tmp = self.path + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in kept)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         return kept
 
     def write(self, record: dict[str, Any]) -> None:
