@@ -3,6 +3,7 @@ user gives checked before any work, and one error line (never a traceback) for b
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging as std_logging
@@ -23,6 +24,7 @@ from ladder_jax.train import CheckpointError, TrainingDiverged
 #: Set to 1 to see the traceback behind an error line.
 TRACEBACK_ENV = "LADDER_JAX_TRACEBACK"
 USER_ERRORS = (ConfigError, datasets.DataError, TrainingDiverged, CheckpointError)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 #: The kinds of path a flag may name (see check_paths):
 #: OUTPUT_DIR  a directory the run writes in; created if missing, so then its nearest
@@ -70,6 +72,9 @@ def error_line(e: BaseException) -> str:
     """The one line a user sees for ``e``."""
     if isinstance(e, OSError) and not isinstance(e, USER_ERRORS):
         where = f" ({e.filename})" if e.filename else ""
+        if e.errno in _DISK_FULL:
+            return (f"error: {e.strerror}{where}; the checkpoints written so far are intact: "
+                    "free disk space and run the same command to resume")
         return f"error: {e.strerror or e}{where}; check the path and its permissions"
     return f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
 
@@ -102,11 +107,12 @@ def entry_point(run: Callable[[list[str]], int], compilation_cache_dir: Callable
             if _show_traceback():
                 traceback.print_exc()
             print(error_line(e), file=sys.stderr)
-            if isinstance(e, CheckpointError) and _is_runner_command(sys.argv) \
+            if isinstance(e, CheckpointError | OSError) and _is_runner_command(sys.argv) \
                     and not _show_traceback():
-                # After a failed save, orbax's writer tasks print the failure again while
-                # the interpreter shuts down (after this line); the older checkpoints are
-                # final by now (the loop waited for the save), so leave without that.
+                # After a failed save (or a write failing beside one), orbax's writer tasks
+                # print the failure again while the interpreter shuts down (after this
+                # line); the older checkpoints are final by now (the loop waited for the
+                # save in flight), so leave without that.
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(1)

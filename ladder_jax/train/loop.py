@@ -109,6 +109,9 @@ def train_models(cfgs: Sequence[TrainConfig], state_dir: str, run_dirs: Sequence
     except BaseException:
         with contextlib.suppress(wd.CheckpointError):  # the error in flight says more
             checkpoints.wait()
+        for w in writers:
+            with contextlib.suppress(OSError):  # e.g. the same full disk
+                w.close()
         raise
     finally:
         try:

@@ -52,10 +52,18 @@ def write_text_atomic(path: str, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise
+        raise _naming(e, path) from e
+
+
+def _naming(e: BaseException, path: str) -> BaseException:
+    """``e``, or for an OSError of a file object (which names no file) one that names
+    ``path``: 'No space left on device' alone does not say which disk."""
+    if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+        return OSError(e.errno, e.strerror, path)
+    return e
 
 
 def _umask() -> int:
@@ -183,7 +191,11 @@ def clear(workdir: str) -> None:
 
 class MetricsWriter:
     """Appends one JSON object per line to metrics.jsonl and mirrors scalars to TensorBoard
-    when tensorboardX is installed. Only process 0 writes."""
+    when tensorboardX is installed. Only process 0 writes.
+
+    The events are written in the calling thread (tensorboardX's SummaryWriter writes from a
+    thread of its own, whose failure on a full disk is a traceback the run never hears of,
+    and whose queue then blocks the next write), so an OSError reaches the caller."""
 
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, METRICS_FILE)
@@ -191,11 +203,12 @@ class MetricsWriter:
         self._tb = None
         if self.enabled:
             try:
-                from tensorboardX import SummaryWriter
+                from tensorboardX.event_file_writer import EventsWriter
             except ImportError:
-                SummaryWriter = None
-            if SummaryWriter is not None:
-                self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+                return
+            self._events_dir = os.path.join(workdir, TENSORBOARD_DIR)
+            os.makedirs(self._events_dir, exist_ok=True)
+            self._tb = EventsWriter(os.path.join(self._events_dir, "events"))
 
     def truncate_after(self, step: int) -> list[dict[str, Any]]:
         """Drops lines with a step beyond ``step`` (written after the restored checkpoint)
@@ -210,19 +223,31 @@ class MetricsWriter:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise _naming(e, self.path) from e
         if self._tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, int | float):
-                    self._tb.add_scalar(key, value, record["step"])
-            self._tb.flush()
+            from tensorboardX.proto.event_pb2 import Event
+            from tensorboardX.proto.summary_pb2 import Summary
+
+            scalars = [Summary.Value(tag=key, simple_value=float(value))
+                       for key, value in record.items()
+                       if key != "step" and isinstance(value, int | float)]
+            try:
+                self._tb.write_event(Event(wall_time=time.time(), step=record["step"],
+                                           summary=Summary(value=scalars)))
+                self._tb.flush()
+            except OSError as e:
+                raise _naming(e, self._events_dir) from e
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        tb, self._tb = self._tb, None
+        if tb is not None:
+            tb.close()
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
