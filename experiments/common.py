@@ -19,7 +19,7 @@ from absl import app, flags, logging
 
 from ladder_jax import datasets, platform, sweep
 from ladder_jax.config import ConfigError
-from ladder_jax.train import CheckpointError, TrainingDiverged
+from ladder_jax.train import CheckpointError, TrainingDiverged, workdir
 
 #: Set to 1 to see the traceback behind an error line.
 TRACEBACK_ENV = "LADDER_JAX_TRACEBACK"
@@ -343,5 +343,4 @@ def print_sweep_outcome(outcome, num_cells: int) -> int:
 def write_json_output(path: str | None, figures: dict) -> None:
     """Writes a measuring tool's figures as JSON to ``path`` (--output), if given."""
     if path:
-        with open(path, "w") as f:
-            json.dump(figures, f, indent=2)
+        workdir.write_text_atomic(path, json.dumps(figures, indent=2))

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import os
 import statistics
-import tempfile
 from collections.abc import Callable, Sequence
 
 from absl import logging
 
 from ladder_jax.sweep.grid import Cell
 from ladder_jax.sweep.run import FAILED, FINISHED, PENDING, CellResult
+from ladder_jax.train import workdir as wd
 
 RESULTS_CSV = "results.csv"
 SUMMARY_MD = "summary.md"
@@ -28,28 +27,6 @@ ALL_LABELS_X = 60_000  # where num_labels='all' sits on the plot's x axis
 #: Published test errors (%) of the full ladder, permutation-invariant MNIST (Rasmus et al.
 #: 2015, Table 1), keyed by label count.
 PAPER_FULL_LADDER = {100: 1.06, 1000: 0.84, "all": 0.57}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: str, write: Callable[[io.IOBase], None], binary: bool = False) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _label_x(n: int | str) -> float:
@@ -69,7 +46,7 @@ def write_csv(results: Sequence[CellResult], path: str) -> None:
                 "" if r.wall_time_s is None else f"{r.wall_time_s:.1f}",
                 r.workdir, r.error or "",
             ])
-    _atomic_write(path, write)
+    wd.write_file_atomic(path, write)
 
 
 def read_csv(path: str) -> list[dict[str, str]]:
@@ -216,7 +193,7 @@ def _save(plt, fig, path: str) -> None:
     """Writes ``fig`` as a PNG to ``path`` atomically, then closes it."""
     fig.tight_layout()
     try:
-        _atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
+        wd.write_file_atomic(path, lambda f: fig.savefig(f, format="png"), binary=True)
     finally:
         plt.close(fig)
 
@@ -391,7 +368,7 @@ def _write_all(results: Sequence[CellResult], sweep_dir: str, summary: str,
     paths = {"csv": os.path.join(sweep_dir, RESULTS_CSV),
              "summary": os.path.join(sweep_dir, SUMMARY_MD)}
     write_csv(results, paths["csv"])
-    _atomic_write(paths["summary"], lambda f: f.write(summary))
+    wd.write_file_atomic(paths["summary"], lambda f: f.write(summary))
     if plot is not None:
         name, draw = plot
         if draw(results, os.path.join(sweep_dir, name)):

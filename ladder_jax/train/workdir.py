@@ -12,7 +12,8 @@ import re
 import shutil
 import tempfile
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
 import jax
 import numpy as np
@@ -41,14 +42,21 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` via a temporary file (synced) and os.replace."""
+    """Writes ``text`` to ``path`` so that a kill or a full disk leaves the old file whole."""
+    write_file_atomic(path, lambda f: f.write(text))
+
+
+def write_file_atomic(path: str, write: Callable[[IO], Any], binary: bool = False) -> None:
+    """Calls ``write(f)`` on a temporary file beside ``path`` (text files with newline='':
+    the writer's own line ends), syncs it and renames it to ``path``; an OSError names
+    ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-",
                                suffix=os.path.splitext(path)[1])
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
