@@ -216,7 +216,10 @@ class MetricsWriter:
                 return
             self._events_dir = os.path.join(workdir, TENSORBOARD_DIR)
             os.makedirs(self._events_dir, exist_ok=True)
-            self._tb = EventsWriter(os.path.join(self._events_dir, "events"))
+            # named by time (to the second) and host; the pid keeps a resume within the same
+            # second from truncating the file before it
+            self._tb = EventsWriter(os.path.join(self._events_dir, "events"),
+                                    filename_suffix=f".{os.getpid()}")
 
     def truncate_after(self, step: int) -> list[dict[str, Any]]:
         """Drops lines with a step beyond ``step`` (written after the restored checkpoint)
