@@ -13,6 +13,8 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+from ladder_jax.errors import ConfigError
+
 MATMUL_DTYPES = ("float32", "bfloat16")
 ACTIVATIONS = ("relu", "leakyrelu")
 PAPER_MNIST_WIDTHS = (784, 1000, 500, 250, 250, 250, 10)
@@ -24,10 +26,6 @@ BOOKKEEPING_FIELDS = ("max_steps", "eval_every", "checkpoint_every", "steps_per_
                       "keep_checkpoints", "data_source", "data_dir")
 #: Keys of config.json that are not TrainConfig fields.
 NON_CONFIG_KEYS = ("bookkeeping_history",)
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work; the message is one line naming the problem and fix."""
 
 
 def parse_num_labels(value: Any) -> int | str:

@@ -16,15 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ladder_jax.errors import DataError
+
 SPLITS = ("train", "test")
 FIELDS = ("train_images", "train_labels", "test_images", "test_labels")
 
 # The authors' ContrastNorm epsilon: a norm below it (a constant image) is replaced by 1.
 GCN_EPSILON = 1e-8
-
-
-class DataError(ValueError):
-    """One-line, user-facing message naming the problem and the fix."""
 
 
 class Preprocessing(NamedTuple):

@@ -25,10 +25,6 @@ class TrainState(NamedTuple):
     metric_count: jax.Array  # float32 scalar
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the step."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     """Step bookkeeping derived from a TrainConfig and the unlabeled set size."""

@@ -20,7 +20,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from ladder_jax.config import ConfigError, TrainConfig
+from ladder_jax.config import TrainConfig
+from ladder_jax.errors import CheckpointError, ConfigError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -286,11 +287,6 @@ def _read_metrics(path: str) -> tuple[list[dict[str, Any]], bool]:
             if not line.endswith("\n"):
                 return records, False
     return records, True
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written (a full disk, a directory gone); the older ones
-    are intact, so the same command resumes once the cause is fixed."""
 
 
 class Checkpoints:
