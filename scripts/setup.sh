@@ -8,9 +8,11 @@
 # silent and takes well under a second. Otherwise pip runs with its output in a log file inside
 # the venv; only on failure is the log's tail printed.
 # Overrides: LADDER_JAX_VENV=/path/to/venv (default ./.venv), PYTHON=/path/to/python3.11+
-# (used when the venv is created).
+# (used when the venv is created), LADDER_JAX_PINS="jax==0.11.2 jaxlib==0.11.2" (requirements
+# installed beside the package, e.g. a test lane's JAX; recorded in the stamp).
 set -euo pipefail
 extras="${1:-}"
+pins="${LADDER_JAX_PINS:-}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${LADDER_JAX_VENV:-$root/.venv}"
 
@@ -45,7 +47,7 @@ log="$venv/ladder_jax-setup.log"
 # (with a message) on an unknown extra.
 ladder_jax_stamp_check='
 import hashlib, importlib.metadata, json, pathlib, sys, tomllib
-mode, root, requested, stamp = sys.argv[1:5]
+mode, root, requested, stamp, pins = sys.argv[1:6]
 pyproject = pathlib.Path(root, "pyproject.toml").read_bytes()
 known = set(tomllib.loads(pyproject.decode())["project"].get("optional-dependencies", {}))
 want = {e.strip() for e in requested.split(",") if e.strip()}
@@ -55,7 +57,7 @@ if unknown:
           file=sys.stderr)
     sys.exit(2)
 state = {"pyproject_sha256": hashlib.sha256(pyproject).hexdigest(),
-         "python": sys.version.split()[0], "root": root}
+         "python": sys.version.split()[0], "root": root, "pins": pins}
 try:
     old = json.loads(pathlib.Path(stamp).read_text())
 except (OSError, ValueError):
@@ -75,7 +77,8 @@ print(",".join(sorted(want | had)))
 sys.exit(0 if fresh and want <= had else 10)
 '
 set +e
-install_extras="$("$venv/bin/python" -I -c "$ladder_jax_stamp_check" check "$root" "$extras" "$stamp")"
+install_extras="$("$venv/bin/python" -I -c "$ladder_jax_stamp_check" check "$root" "$extras" \
+  "$stamp" "$pins")"
 check_rc=$?
 set -e
 if [ "$check_rc" -eq 2 ]; then
@@ -92,14 +95,16 @@ elif [ "$check_rc" -ne 0 ]; then
     export PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore:Editable installation"
     "$venv/bin/python" -m pip install --upgrade pip ||
       echo "ladder_jax set-up: upgrading pip failed; going on with the venv's pip"
-    "$venv/bin/python" -m pip install -e "$spec"
+    # shellcheck disable=SC2086  # the pins are separate requirements
+    "$venv/bin/python" -m pip install -e "$spec" $pins
   ) >"$log" 2>&1; then
     tail -n 25 "$log" >&2
     echo "error: pip could not install ladder_jax${spec#"$root"} into $venv (full log: $log);" \
       "check the network access to the package index, or remove $venv and rerun" >&2
     exit 1
   fi
-  "$venv/bin/python" -I -c "$ladder_jax_stamp_check" write "$root" "$install_extras" "$stamp"
+  "$venv/bin/python" -I -c "$ladder_jax_stamp_check" write "$root" "$install_extras" "$stamp" \
+    "$pins"
 fi
-unset ladder_jax_stamp_check install_extras check_rc
+unset ladder_jax_stamp_check install_extras check_rc pins
 export PATH="$venv/bin:$PATH"

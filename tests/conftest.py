@@ -33,16 +33,6 @@ def mnist_dataset(mnist) -> datasets.Dataset:
 
 
 @pytest.fixture
-def lax_convolutions(monkeypatch):
-    """Convolutions as lax.conv_general_dilated on every platform (not the matmul lowering
-    XLA:CPU gets): FLOP counts are checked against those equations, whose padding is
-    explicit; tests/test_conv.py checks the two lowerings give the same numbers."""
-    from ladder_jax.models import conv
-
-    monkeypatch.setattr(conv, "LOWERING", "lax")
-
-
-@pytest.fixture
 def x64():
     """float64 computation inside the test (for finite differences), restored after it."""
     import jax

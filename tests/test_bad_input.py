@@ -26,7 +26,7 @@ from absl import flags
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from experiments import common, shared_flags
+from experiments import compile_cache, entry, path_checks, shared_flags
 from ladder_jax import config, datasets, parallel
 from ladder_jax.datasets import base as datasets_base
 from ladder_jax.datasets import rows as rows_lib
@@ -185,7 +185,7 @@ def value_strategy(flag: flags.Flag, paths: list[str]) -> st.SearchStrategy[str]
     """Values for ``flag``: the generic bad ones, plus ones that fit its name and type."""
     parser = type(flag.parser).__name__
     name = flag.name
-    if name in common.PATH_FLAGS:
+    if name in path_checks.PATH_FLAGS:
         good = st.sampled_from(paths)
     elif name == "coordinator_address":
         good = st.sampled_from(["", "localhost:1234", "nohost"])
@@ -235,7 +235,7 @@ def assert_one_line_or_valid(build: Callable[[], Any], argv: list[str]) -> None:
     except ONE_LINE_ERRORS as e:
         message = str(e)
         assert message and "\n" not in message, (argv, message)
-        assert "\n" not in common.error_line(e), (argv, common.error_line(e))
+        assert "\n" not in entry.error_line(e), (argv, entry.error_line(e))
     except Exception as e:  # the property: nothing else escapes
         raise AssertionError(f"{argv} raised {type(e).__name__}: {e}") from e
 
@@ -251,7 +251,7 @@ def defined_runner_flags() -> dict[str, flags.Flag]:
 def build_train(by_name: dict[str, datasets.Dataset]) -> None:
     """experiments.train's start-up (its run() up to training, less the multi-host start):
     path checks, the replicas' configs, the device count, the fit to the data."""
-    common.check_paths()
+    path_checks.check_paths()
     cfgs = sys.modules["experiments.train"].configs_from_flags()
     parallel.choose_num_devices(FLAGS.num_devices,
                                 (cfgs[0].batch_size, cfgs[0].unlabeled_batch_size), len(cfgs))
@@ -260,13 +260,13 @@ def build_train(by_name: dict[str, datasets.Dataset]) -> None:
 
 def build_benchmark(by_name: dict[str, datasets.Dataset]) -> None:
     """experiments.measure.benchmark's start-up: path checks, the config, the fit."""
-    common.check_paths()
+    path_checks.check_paths()
     check_against_data([shared_flags.config_from_flags(config.preset(FLAGS.preset))], by_name)
 
 
 def build_sweep(by_name: dict[str, datasets.Dataset]) -> None:
     """experiments.label_sweep's start-up: path checks, the cells, each cell's fit."""
-    common.check_paths()
+    path_checks.check_paths()
     check_against_data([c.config for c in sys.modules["experiments.label_sweep"]
                         .cells_from_flags()], by_name)
 
@@ -274,7 +274,7 @@ def build_sweep(by_name: dict[str, datasets.Dataset]) -> None:
 def build_table(by_name: dict[str, datasets.Dataset]) -> None:
     """experiments.paper_tables' start-up (its run() up to the sweep): path checks, the
     cells of the rows x seeds, each cell's fit."""
-    common.check_paths()
+    path_checks.check_paths()
     check_against_data([c.config for c in sys.modules["experiments.paper_tables"]
                         .cells_from_flags()], by_name)
 
@@ -364,30 +364,30 @@ def test_runner_flags_restores_the_global_flags():
 
 
 @pytest.mark.parametrize("flag, kind, relative, expected", [
-    ("workdir", common.OUTPUT_DIR, "dir", None),
-    ("workdir", common.OUTPUT_DIR, "new/deeper", None),
-    ("workdir", common.OUTPUT_DIR, "file", "is a file, not a directory"),
-    ("workdir", common.OUTPUT_DIR, "file/below", "is a file, not a directory"),
-    ("sweep_dir", common.OUTPUT_DIR, "/proc/ladder_jax_no/x", "nothing can be made in /proc"),
-    ("table_dir", common.OUTPUT_DIR, "/proc", "is not writable"),
-    ("data_dir", common.INPUT, "dir", None),
-    ("data_dir", common.INPUT, "file", None),
-    ("data_dir", common.INPUT, "missing", "does not exist"),
-    ("output", common.OUTPUT_FILE, "out.json", None),
-    ("output", common.OUTPUT_FILE, "file", None),
-    ("output", common.OUTPUT_FILE, "dir", "is a directory"),
-    ("output", common.OUTPUT_FILE, "missing/out.json", "does not exist"),
-    ("output", common.OUTPUT_FILE, "/proc/out.json", "nothing can be made in /proc"),
+    ("workdir", path_checks.OUTPUT_DIR, "dir", None),
+    ("workdir", path_checks.OUTPUT_DIR, "new/deeper", None),
+    ("workdir", path_checks.OUTPUT_DIR, "file", "is a file, not a directory"),
+    ("workdir", path_checks.OUTPUT_DIR, "file/below", "is a file, not a directory"),
+    ("sweep_dir", path_checks.OUTPUT_DIR, "/proc/ladder_jax_no/x", "nothing can be made in /proc"),
+    ("table_dir", path_checks.OUTPUT_DIR, "/proc", "is not writable"),
+    ("data_dir", path_checks.INPUT, "dir", None),
+    ("data_dir", path_checks.INPUT, "file", None),
+    ("data_dir", path_checks.INPUT, "missing", "does not exist"),
+    ("output", path_checks.OUTPUT_FILE, "out.json", None),
+    ("output", path_checks.OUTPUT_FILE, "file", None),
+    ("output", path_checks.OUTPUT_FILE, "dir", "is a directory"),
+    ("output", path_checks.OUTPUT_FILE, "missing/out.json", "does not exist"),
+    ("output", path_checks.OUTPUT_FILE, "/proc/out.json", "nothing can be made in /proc"),
 ])
 def test_check_path(flag, kind, relative, expected, tmp_path):
     path_values(str(tmp_path))
     path = os.path.join(tmp_path, relative)
     if expected is None:
-        common.check_path(flag, path, kind)
+        path_checks.check_path(flag, path, kind)
     else:
         with pytest.raises(config.ConfigError) as raised:
-            common.check_path(flag, path, kind)
-        line = common.error_line(raised.value)
+            path_checks.check_path(flag, path, kind)
+        line = entry.error_line(raised.value)
         assert f"--{flag}={path}" in line and expected in line and "\n" not in line
     assert not os.path.exists(tmp_path / "new") and not os.path.exists(tmp_path / "out.json")
     assert not [n for n in os.listdir(tmp_path / "dir") if n.startswith(".ladder_jax")]
@@ -396,7 +396,7 @@ def test_check_path(flag, kind, relative, expected, tmp_path):
 def test_broken_symlink_is_named(tmp_path):
     os.symlink(tmp_path / "gone", tmp_path / "link")
     with pytest.raises(config.ConfigError, match="broken symbolic link"):
-        common.check_path("workdir", str(tmp_path / "link"), common.OUTPUT_DIR)
+        path_checks.check_path("workdir", str(tmp_path / "link"), path_checks.OUTPUT_DIR)
 
 
 def test_flagfile_problems_are_one_line_and_name_the_file(tmp_path):
@@ -408,11 +408,11 @@ def test_flagfile_problems_are_one_line_and_name_the_file(tmp_path):
     nested.write_text(f"# a comment\n--flagfile={tmp_path / 'gone.txt'}\n")
     cycle = tmp_path / "cycle.txt"
     cycle.write_text(f"--flagfile={cycle}\n--epochs=1\n")
-    assert common.flagfile_problem(["x", f"--flagfile={good}", "--epochs=2"]) is None
-    assert common.flagfile_problem(["x", "--flagfile", str(good)]) is None
-    assert common.flagfile_problem(["x", f"--flagfile={cycle}"]) is None
-    assert common.flagfile_problem(["x", "--flagfile="]) is None
-    assert common.flagfile_problem(["x", "--", f"--flagfile={tmp_path / 'gone'}"]) is None
+    assert path_checks.flagfile_problem(["x", f"--flagfile={good}", "--epochs=2"]) is None
+    assert path_checks.flagfile_problem(["x", "--flagfile", str(good)]) is None
+    assert path_checks.flagfile_problem(["x", f"--flagfile={cycle}"]) is None
+    assert path_checks.flagfile_problem(["x", "--flagfile="]) is None
+    assert path_checks.flagfile_problem(["x", "--", f"--flagfile={tmp_path / 'gone'}"]) is None
     for argv, expected in [
         (["x", f"--flagfile={tmp_path / 'gone.txt'}"], "does not exist"),
         (["x", "--flagfile", str(tmp_path)], "is a directory"),
@@ -420,7 +420,7 @@ def test_flagfile_problems_are_one_line_and_name_the_file(tmp_path):
         (["x", f"--flagfile={good}", f"--flagfile={nested}"],
          f"gone.txt does not exist (named in {nested})"),
     ]:
-        problem = common.flagfile_problem(argv)
+        problem = path_checks.flagfile_problem(argv)
         assert problem is not None and "--flagfile=" in problem and expected in problem, problem
         assert "\n" not in problem
 
@@ -429,11 +429,11 @@ def test_none_is_no_compilation_cache_even_with_the_environment_variable(monkeyp
     import jax
 
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/somewhere")
-    assert common.cache_dir("none", "runs/x") == "none"
-    assert common.cache_dir(None, "runs/x") == "/somewhere"
+    assert compile_cache.cache_dir("none", "runs/x") == "none"
+    assert compile_cache.cache_dir(None, "runs/x") == "/somewhere"
     before = jax.config.jax_compilation_cache_dir
-    common.use_compilation_cache("None")
-    common.use_compilation_cache(None)
+    compile_cache.use_compilation_cache("None")
+    compile_cache.use_compilation_cache(None)
     assert jax.config.jax_compilation_cache_dir == before
 
 
@@ -486,13 +486,13 @@ def test_entry_point_prints_one_line_and_the_traceback_only_when_asked(ask, monk
     def run(argv):
         raise FileNotFoundError(2, "No such file or directory", "/nowhere/file")
 
-    monkeypatch.delenv(common.TRACEBACK_ENV, raising=False)
+    monkeypatch.delenv(entry.TRACEBACK_ENV, raising=False)
     if ask == "env":
-        monkeypatch.setenv(common.TRACEBACK_ENV, "1")
+        monkeypatch.setenv(entry.TRACEBACK_ENV, "1")
     old = logging.get_verbosity()
     logging.set_verbosity(1 if ask == "verbosity" else 0)
     try:
-        assert common.entry_point(run)(["runner"]) == 1
+        assert entry.entry_point(run)(["runner"]) == 1
     finally:
         logging.set_verbosity(old)
     err = capsys.readouterr().err

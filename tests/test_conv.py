@@ -1,5 +1,5 @@
-"""The convolutional ladder family (ladder_jax/models/conv.py), through ladder_jax.models,
-ladder_jax.losses and ladder_jax.config only. Maths tests use a tiny net that has every
+"""The convolutional ladder family (ladder_jax/models/conv.py and its layer spec,
+conv_spec.py), through ladder_jax.models, ladder_jax.losses and ladder_jax.config only. Maths tests use a tiny net that has every
 layer type: a strided valid conv, a full conv, a max pool with a partial border window, a
 strided full conv, a global mean pool and an fc top."""
 
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import subprocess
+import sys
 
 import contractions  # tests/ is on sys.path under pytest
 import gradient_check  # tests/ is on sys.path under pytest
@@ -21,7 +23,7 @@ from jax.flatten_util import ravel_pytree
 from ladder_jax import config, losses, models
 from ladder_jax.config import ConfigError, ModelConfig
 from ladder_jax.datasets import base as datasets_base
-from ladder_jax.models import conv
+from ladder_jax.models import conv, conv_spec
 from ladder_jax.train import evaluate as eval_lib
 
 # The authors' specs (CuriousAI/ladder README.md)
@@ -202,6 +204,30 @@ def test_empty_spec_and_bad_input_shape_fail_when_built():
         conv_cfg("")
     with pytest.raises(ConfigError, match="input_shape"):
         conv_cfg(CONV_FC, input_shape=(28, 28))
+
+
+def test_conv_lowering_is_a_checked_field_that_old_configs_lack():
+    assert conv_cfg(CONV_FC).conv_lowering == "auto"
+    assert conv_cfg(CONV_FC, conv_lowering="lax").conv_lowering == "lax"
+    with pytest.raises(ConfigError, match="conv_lowering='im2col' is not one of auto"):
+        conv_cfg(CONV_FC, conv_lowering="im2col")
+    old = config.preset("conv_fc_100").to_dict()
+    del old["model"]["conv_lowering"]  # a config.json written before the field existed
+    assert config.TrainConfig.from_dict(old) == config.preset("conv_fc_100")
+
+
+def test_the_spec_module_parses_and_shapes_without_jax_or_numpy():
+    """conv_spec.py, loaded alone (not through ladder_jax.models), imports neither."""
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('conv_spec', {conv_spec.__file__!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        f"print(module.plan({TINY!r}, {TINY_INPUT!r})[1])\n"
+        "print(sorted({'jax', 'numpy'} & set(sys.modules)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out == [str(tuple(TINY_SHAPES)), "[]"]
 
 
 # ------------------------------------------------------------------- encoder maths
@@ -418,7 +444,7 @@ def test_conv_transposes_are_the_encoder_convs_gradients_when_v_is_w_flipped():
     V = W flipped in space and in/out swapped it is the forward conv's input gradient."""
     cfg = tiny_cfg(FULL)
     params = random_params(cfg, 11)
-    layers, shapes = conv.parse(TINY), cfg.layer_shapes
+    layers, shapes = conv_spec.parse(TINY), cfg.layer_shapes
     rng = np.random.default_rng(12)
     for index in (1, 2, 4):  # convv stride 2, convf stride 1, convf stride 2
         h = rng.standard_normal((2, *shapes[index - 1])).astype(np.float32)
@@ -431,7 +457,7 @@ def test_conv_transposes_are_the_encoder_convs_gradients_when_v_is_w_flipped():
         np.testing.assert_allclose(u, vjp(cot)[0], rtol=1e-4, atol=1e-4)
 
 
-def test_matmul_lowering_gives_the_lax_convolutions_numbers(x64, monkeypatch):
+def test_matmul_lowering_gives_the_lax_convolutions_numbers(x64):
     """XLA:CPU computes convolutions (and the decoder's transposes) as im2col matmuls; the
     loss and every gradient equal lax.conv_general_dilated's in float64. The net has a
     strided valid and a strided full conv (patches per tap) and a conv with more taps than
@@ -452,10 +478,10 @@ def test_matmul_lowering_gives_the_lax_convolutions_numbers(x64, monkeypatch):
                 yield from primitives(sub)
 
     def loss_and_grad(lowering):
-        monkeypatch.setattr(conv, "LOWERING", lowering)
+        lowered = dataclasses.replace(cfg, conv_lowering=lowering)
 
         def f(p):
-            return losses.ladder_loss(p, cfg, xl, y, xu, None, noise=noise)[0]
+            return losses.ladder_loss(p, lowered, xl, y, xu, None, noise=noise)[0]
 
         used = set(primitives(jax.make_jaxpr(f)(params).jaxpr))
         return jax.jit(jax.value_and_grad(f))(params), used
@@ -469,7 +495,7 @@ def test_matmul_lowering_gives_the_lax_convolutions_numbers(x64, monkeypatch):
 
 
 def test_unpooling_repeats_each_pooled_value_over_its_window():
-    layers, shapes = conv.parse(TINY), TINY_SHAPES
+    layers, shapes = conv_spec.parse(TINY), TINY_SHAPES
     zhat = jnp.arange(2 * 3 * 3 * 4, dtype=jnp.float32).reshape(2, 3, 3, 4)
     u = conv._transpose({}, tiny_cfg(), layers[2], 3, zhat, shapes[2])
     expected = np.repeat(np.repeat(np.asarray(zhat), 2, axis=1), 2, axis=2)[:, :5, :5]
@@ -552,15 +578,17 @@ def traced_flops(cfg, n_labeled, n_unlabeled) -> tuple[int, int]:
     (conv_cfg(CONV_SMALL, weights=(0.0,) * 9 + (1.0,)), 3 * 6 - 1),
     (conv_cfg(CONV_FC, weights=(1000.0, 10.0) + (0.1,) * 6), 3 * 6 + 3 * 6 - 1),
 ])
-def test_step_flops_counts_the_traced_steps_convolutions_and_matmuls(cfg, ops_count,
-                                                                   lax_convolutions):
+def test_step_flops_counts_the_traced_steps_convolutions_and_matmuls(cfg, ops_count):
+    # lax convolutions on every platform: their padding is explicit in the equations the
+    # FLOPs are counted from (test_matmul_lowering_... checks both lowerings' numbers agree)
+    cfg = dataclasses.replace(cfg, conv_lowering="lax")
     flops, count = traced_flops(cfg, 4, 6)
     assert models.step_flops(cfg, 4, 6) == flops
     assert count == ops_count
 
 
-def test_bfloat16_applies_to_fc_matmuls_and_leaves_convolutions_float32(lax_convolutions):
-    cfg = tiny_cfg(FULL, matmul_dtype="bfloat16")
+def test_bfloat16_applies_to_fc_matmuls_and_leaves_convolutions_float32():
+    cfg = tiny_cfg(FULL, matmul_dtype="bfloat16", conv_lowering="lax")
     params = random_params(cfg, 23)
     xl, y, xu = batch(cfg, 24)
     grad = jax.grad(lambda p: losses.ladder_loss(p, cfg, xl, y, xu, jax.random.key(0))[0])

@@ -83,11 +83,13 @@ FLOPS_SPEC = "convv:4:3:2:1-convf:4:2:1:1-maxpool:2:2-convf:3:2:2:1-globalmeanpo
     (0.0, 3 * 4 - 1),  # supervised baseline: labeled rows only
 ])
 def test_benchmark_flops_count_the_traced_conv_steps_convolutions_and_matmuls(
-        weights, num_ops, mnist, lax_convolutions):
+        weights, num_ops, mnist):
     """Per encoder conv/fc layer: forward, weight gradient and input gradient (none for the
-    lowest, whose input is data); per decoder transpose V the same three."""
+    lowest, whose input is data); per decoder transpose V the same three. Convolutions as
+    lax.conv_general_dilated on every platform: their padding is explicit in the equations."""
     cfg = config.preset("conv_small_gamma_100").replace(
-        model={"conv_layers": FLOPS_SPEC, "denoise_weights": weights, "noise_std": 0.3},
+        model={"conv_layers": FLOPS_SPEC, "denoise_weights": weights, "noise_std": 0.3,
+               "conv_lowering": "lax"},
         batch_size=20, unlabeled_batch_size=30)
     assert cfg.model.layer_shapes == [(28, 28, 1), (13, 13, 4), (14, 14, 4), (7, 7, 4),
                                       (4, 4, 3), (3,), (10,)]

@@ -289,8 +289,8 @@ def test_select_labeled_all(mnist_dataset):
         (-20, "must be positive"),
         (54_300, "class 5"),  # 5430 per class, but only 5421 fives exist
         (70_000, "pick at most 54210"),
-        ("lots", "not an integer"),
-        (True, "not an integer"),
+        ("lots", "must be a positive integer or 'all'"),  # config.parse_num_labels' words
+        (True, "must be a positive integer or 'all'"),
     ],
 )
 def test_select_labeled_errors(mnist_dataset, num, match):

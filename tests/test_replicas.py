@@ -12,7 +12,6 @@ import pytest
 
 from ladder_jax import config, train
 from ladder_jax.train import job as job_lib
-from ladder_jax.train import loop
 from ladder_jax.train import workdir as wd
 
 CHUNK = 10
@@ -62,7 +61,7 @@ def test_train_group_resumes_and_reports_each_replica(tmp_path, mnist, solo):
     results = train.train_group(cfgs, workdir, mnist)
 
     assert sorted(os.listdir(workdir)) == sorted(
-        ["checkpoints", loop.GROUP_FILE]
+        ["checkpoints", wd.GROUP_FILE]
         + [os.path.basename(train.replica_workdir(workdir, c)) for c in cfgs])
     for cfg, run, (solo_losses, solo_params, solo_error) in zip(cfgs, results, solo):
         rdir = train.replica_workdir(workdir, cfg)
@@ -90,7 +89,7 @@ def test_train_group_resumes_and_reports_each_replica(tmp_path, mnist, solo):
 def test_group_rules():
     cfgs = _cfgs()
     train.check_models(cfgs)
-    assert len({train.shape_key(c) for c in cfgs}) == 1
+    assert len({train.job_key(c) for c in cfgs}) == 1
     with pytest.raises(config.ConfigError, match="lr"):
         train.check_models([cfgs[0], cfgs[1].replace(lr=0.001)])
     with pytest.raises(config.ConfigError, match="more than once"):
@@ -115,7 +114,7 @@ def test_replica_dirs_put_each_replica_where_the_caller_wants(tmp_path, mnist):
     os.remove(os.path.join(dirs[0], wd.RESULTS_FILE))
     alone = train.train_and_evaluate(cfgs[0].replace(max_steps=2 * CHUNK), dirs[0],
                                      dataset=mnist)
-    assert not os.path.exists(os.path.join(dirs[0], loop.MEMBER_FILE))
+    assert not os.path.exists(os.path.join(dirs[0], wd.MEMBER_FILE))
     _, state, _ = train.load_run(dirs[0])
     assert int(state.step) == 2 * CHUNK
     _assert_params_close(state.params, alone.state.params)

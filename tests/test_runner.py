@@ -19,7 +19,7 @@ from jax.flatten_util import ravel_pytree
 
 from ladder_jax import config, train
 from ladder_jax.train import job as job_lib
-from ladder_jax.train import loop, workdir
+from ladder_jax.train import progress, workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -440,7 +440,105 @@ def test_every_checkpoint_damaged_is_one_error_suggesting_restart(uninterrupted,
 
 
 def test_progress_line_speed_and_eta_read_well_for_fast_and_slow_runs():
-    assert loop.speed_string(12.34) == "12.3 steps/s"
-    assert loop.speed_string(0.25) == "4.0 s/step"  # a conv step on a CPU: not "0.2 steps/s"
-    assert loop.eta_string(3725) == "1h02m" and loop.eta_string(185) == "3m05s"
-    assert loop.eta_string(float("inf")) == "?"
+    assert progress.speed_string(12.34) == "12.3 steps/s"
+    assert progress.speed_string(0.25) == "4.0 s/step"  # a conv step on a CPU: not "0.2 steps/s"
+    assert progress.eta_string(3725) == "1h02m" and progress.eta_string(185) == "3m05s"
+    assert progress.eta_string(float("inf")) == "?"
+
+
+INTERRUPTED = re.compile(r"^interrupted at step (\d+); checkpoint saved; the same command "
+                         r"resumes$")
+
+
+def interrupt_after(cmd: list[str], work: str, signals: list[int], *, after_step: int = 100
+                    ) -> subprocess.CompletedProcess:
+    """Starts ``cmd``, sends ``signals`` once a checkpoint at ``after_step`` or later exists
+    in ``work``, and returns the finished process (stdout, stderr captured)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if any(s >= after_step for s in checkpoint_steps(work)):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "run finished before it could be interrupted"
+    for signum in signals:
+        proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_saves_the_step_reached_and_the_same_command_resumes_exactly(
+        uninterrupted, tmp_path, signum, code):
+    work = str(tmp_path / "interrupted")
+    cmd = [sys.executable, "-m", "experiments.mnist_100labels", f"--workdir={work}",
+           *TINY_FLAGS]
+    stopped = interrupt_after(cmd, work, [signum])
+    assert stopped.returncode == code, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    match = INTERRUPTED.match(stopped.stderr.strip().splitlines()[-1])
+    assert match, stopped.stderr[-3000:]
+    step = int(match[1])
+    assert 100 <= step < 300 and step % 10 == 0  # the end of a compiled call (10 steps)
+    assert max(checkpoint_steps(work)) == step
+    assert not os.path.exists(os.path.join(work, "results.json"))
+    done = run_cli(f"--workdir={work}", *TINY_FLAGS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert resumed_from(done.stderr) == step
+    assert numeric_records(work) == numeric_records(uninterrupted)
+    assert_same_params(work, uninterrupted)
+
+
+def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(mnist, tmp_path):
+    """Both signals arrive inside the loop (from its progress callback at step 130, between
+    the regular checkpoints at 120 and 140): the run stops there without saving."""
+    cfg = config.preset("full_100").replace(
+        model={"layer_sizes": (784, 32, 10), "denoise_weights": (1000, 10, 0.1),
+               "noise_std": 0.3},
+        batch_size=600, unlabeled_batch_size=600, epochs=3, steps_per_call=10,
+        checkpoint_every=20)
+    whole = train.train_and_evaluate(cfg, str(tmp_path / "whole"), dataset=mnist)
+
+    def signal_twice(step: int, end_step: int) -> None:
+        if step == 130:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    work = str(tmp_path / "stopped")
+    with pytest.raises(train.Interrupted) as stopped:
+        train.train_and_evaluate(cfg, work, dataset=mnist, progress=signal_twice)
+    assert stopped.value.immediate and stopped.value.exit_code == 130
+    assert str(stopped.value) == ("stopped at once by a second signal; the last checkpoint "
+                                  "is kept; the same command resumes")
+    assert checkpoint_steps(work) == [80, 100, 120]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    resumed = train.train_and_evaluate(cfg, work, dataset=mnist)
+    assert resumed.results["final_test_error"] == whole.results["final_test_error"]
+    for a, b in zip(jax_leaves(resumed.state.params), jax_leaves(whole.state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_replica_group_stopped_by_sigterm_resumes_to_the_uninterrupted_numbers(tmp_path):
+    def group_cmd(work: str) -> list[str]:
+        return [sys.executable, "-m", "experiments.train", f"--workdir={work}",
+                "--num_replicas=2", *TINY_FLAGS]
+
+    whole, work = str(tmp_path / "whole"), str(tmp_path / "stopped")
+    proc = subprocess.run(group_cmd(whole), cwd=REPO, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stopped = interrupt_after(group_cmd(work), work, [signal.SIGTERM])
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    step = int(INTERRUPTED.match(stopped.stderr.strip().splitlines()[-1])[1])
+    assert max(checkpoint_steps(work)) == step
+    proc = subprocess.run(group_cmd(work), cwd=REPO, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert resumed_from(proc.stderr) == step
+    replicas = sorted(d for d in os.listdir(whole) if d.startswith("replica_"))
+    assert len(replicas) == 2
+    for name in replicas:
+        assert numeric_records(os.path.join(work, name)) == \
+            numeric_records(os.path.join(whole, name))
+        assert_same_params(os.path.join(work, name), os.path.join(whole, name))

@@ -1,9 +1,12 @@
-"""Tests for ladder_jax.sweep and experiments/label_sweep.py.
+"""Tests for ladder_jax.sweep, experiments/label_sweep.py and experiments/paper_tables.py.
 
-The end-to-end tests run the real CLI on real MNIST with a tiny network (784-50-10, 20 steps
-per cell). They run it in subprocesses that share a JAX persistent compilation cache (and a
-low XLA optimisation level): compiling dominates such short runs, and a re-run cell then
-compiles from the cache. In-process tests cover the grid, the run_group hook and the outputs.
+The end-to-end tests run the real CLI with a tiny network (784-50-10, 20 steps per cell) on
+real MNIST, and on a small Fashion-MNIST-named IDX dataset (images from MNIST, a test set
+of its own size) with a validation split and a dozen evaluations per run, whose reports
+must name that dataset and its size and compute the protocol's figures from the metrics.
+They run in subprocesses that share a JAX persistent compilation cache (and a low XLA
+optimisation level): compiling dominates such short runs, and a re-run cell then compiles
+from the cache. In-process tests cover the grid, the run_group hook and the outputs.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import pytest
 from ladder_jax import config as config_lib
 from ladder_jax import references, sweep
 from ladder_jax.sweep import report
-from ladder_jax.train import loop
 from ladder_jax.train import workdir as wd
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,11 +39,11 @@ def jax_cache(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("jax_cache"))
 
 
-def run_cli(flags: list[str], jax_cache: str) -> subprocess.CompletedProcess:
+def run_cli(flags: list[str], jax_cache: str,
+            module: str = "experiments.label_sweep") -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-    command = [sys.executable, "-m", "experiments.label_sweep",
-               f"--compilation_cache_dir={jax_cache}", *flags]
+    command = [sys.executable, "-m", module, f"--compilation_cache_dir={jax_cache}", *flags]
     return subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900)
 
@@ -67,7 +69,7 @@ def tiny_sweep(mnist, jax_cache, tmp_path_factory) -> str:
     return sweep_dir
 
 
-def test_csv_has_a_finished_row_per_cell(tiny_sweep):
+def test_csv_has_a_finished_row_per_cell(tiny_sweep, mnist):
     rows = sweep.read_csv(os.path.join(tiny_sweep, report.RESULTS_CSV))
     assert len(rows) == 8
     assert list(rows[0]) == list(report.CSV_COLUMNS)
@@ -75,6 +77,7 @@ def test_csv_has_a_finished_row_per_cell(tiny_sweep):
         (p, n, s) for p in ("full", "baseline") for n in ("20", "50") for s in ("0", "1")}
     for r in rows:
         assert r["status"] == "finished" and r["error"] == ""
+        assert (r["dataset"], int(r["test_size"])) == ("mnist", len(mnist.test_labels))
         assert int(r["steps"]) == 20
         assert 0.0 < float(r["test_error"]) < 0.9  # 20 steps: far from chance (0.9)
         assert float(r["wall_time_s"]) > 0
@@ -91,29 +94,63 @@ def test_csv_has_a_finished_row_per_cell(tiny_sweep):
     assert by_seed["0"] != by_seed["1"]
 
 
+def grid_of(text: str, title: str) -> dict[str, dict[str, str]]:
+    """{labels: {preset: cell text}} of the labels x presets table under ``title`` in a
+    sweep's summary.md."""
+    lines = text.split(f"\n{title}\n", 1)[1].splitlines()
+    header = next(line for line in lines if line.startswith("| labels |"))
+    presets = [c.strip() for c in header.strip("|").split("|")][1:]
+    table = {}
+    for line in lines[lines.index(header) + 2:]:
+        if not line.startswith("|"):
+            break
+        label, *cells = [c.strip() for c in line.strip("|").split("|")]
+        table[label] = dict(zip(presets, cells, strict=True))
+    return table
+
+
+def per_seed_of(text: str) -> dict[tuple[str, str], dict[str, str]]:
+    """{(row, seed): {column: text}} of a summary.md's per-seed table."""
+    lines = text.split("\nPer seed:\n", 1)[1].strip().splitlines()
+    columns = [c.strip() for c in lines[0].strip("|").split("|")]
+    out = {}
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        values = dict(zip(columns, [c.strip() for c in line.strip("|").split("|")],
+                          strict=True))
+        out[(values["row"], values["seed"])] = values
+    return out
+
+
 def test_summary_matches_csv(tiny_sweep):
     rows = sweep.read_csv(os.path.join(tiny_sweep, report.RESULTS_CSV))
     with open(os.path.join(tiny_sweep, report.SUMMARY_MD)) as f:
         text = f.read()
-    header = next(line for line in text.splitlines() if line.startswith("| labels |"))
-    presets = [c.strip() for c in header.strip("|").split("|")][1:]
-    assert presets == ["full", "baseline"]
-    table = {}
-    for line in text.splitlines():
-        m = re.match(r"\| (\d+|all) \|(.*)\|$", line)
-        if m:
-            table[m.group(1)] = [c.strip() for c in m.group(2).split("|")]
-    assert set(table) == {"20", "50"}
-    for n, cells in table.items():
-        for preset, cell in zip(presets, cells, strict=True):
-            m = re.fullmatch(r"([\d.]+) ± ([\d.]+) \(n=(\d+)\)", cell)
-            assert m, cell
-            errors = [100 * float(r["test_error"]) for r in rows
-                      if r["preset"] == preset and r["num_labels"] == n]
-            assert int(m.group(3)) == len(errors) == 2
-            assert float(m.group(1)) == pytest.approx(statistics.mean(errors), abs=0.006)
-            assert float(m.group(2)) == pytest.approx(statistics.stdev(errors), abs=0.006)
+    for title, column in (("Final test error (%):", "test_error"),
+                          ("Median over the last 10 evaluations (%):",
+                           "test_error_median_last10")):
+        table = grid_of(text, title)
+        assert set(table) == {"20", "50"}
+        for n, cells in table.items():
+            assert list(cells) == ["full", "baseline"]
+            for preset, cell in cells.items():
+                m = re.fullmatch(r"([\d.]+) ± ([\d.]+) \(n=(\d+)\)", cell)
+                assert m, cell
+                errors = [100 * float(r[column]) for r in rows
+                          if r["preset"] == preset and r["num_labels"] == n]
+                assert int(m.group(3)) == len(errors) == 2
+                assert float(m.group(1)) == pytest.approx(statistics.mean(errors), abs=0.006)
+                assert float(m.group(2)) == pytest.approx(statistics.stdev(errors), abs=0.006)
+    assert "At the lowest validation error" not in text  # no run holds out a validation set
+    seeds = per_seed_of(text)
+    assert len(seeds) == 8
+    for r in rows:
+        mine = seeds[(f"{r['preset']} @ {r['num_labels']}", r["seed"])]
+        assert float(mine["final"]) == pytest.approx(100 * float(r["test_error"]), abs=0.006)
     assert "python -m experiments.label_sweep" in text and "--num_labels=20,50" in text
+    # MNIST: its published figures, for the families swept.
+    assert "full at 100 labels: 1.06 ± 0.37 (Rasmus 2015 Table 1)" in text
 
 
 def test_plot_is_a_png(tiny_sweep):
@@ -134,7 +171,7 @@ def test_seeds_of_one_cell_shape_train_as_replicas(tiny_sweep):
     # 2 label counts x 2 presets = 4 shapes, each training its 2 seeds in one program.
     assert len(os.listdir(groups)) == 4
     for group in os.listdir(groups):
-        with open(os.path.join(groups, group, loop.GROUP_FILE)) as f:
+        with open(os.path.join(groups, group, wd.GROUP_FILE)) as f:
             members = json.load(f)
         assert sorted(m["seed"] for m in members) == [0, 1]
         assert os.path.isdir(os.path.join(groups, group, "checkpoints"))
@@ -233,7 +270,7 @@ def test_table_shows_progress_and_curves_before_any_cell_finishes(tiny_sweep, tm
     errors = [error for _, error in latests]
     assert epoch == pytest.approx(20 / 600, abs=1e-3)  # 20 steps of 600 per epoch
     assert errors[0] != errors[1]
-    assert "| full_100 | - | 0 | 1.06 ± 0.37" in summary
+    assert "| full_100 | - | 0 of 2 | - | 1.06 ± 0.37 (Rasmus 2015 Table 1) | - | - |" in summary
     assert "2 of 2 cells are still pending." in summary
     assert ("- in progress, full_100: 2 of 2 pending seeds evaluated, at epoch 0.03 of 1 "
             f"(stops at step 20); latest test error {min(errors):.2f}-{max(errors):.2f} % "
@@ -269,14 +306,21 @@ def test_table_summary_of_finished_rows(tmp_path):
     summary = report.table_markdown(results, references.PUBLISHED, command="cmd", title="T")
     full = statistics.fmean([0.90, 1.00, 1.22]), statistics.stdev([0.90, 1.00, 1.22])
     assert full == pytest.approx((1.04, 0.1637), abs=1e-4)
-    # Seeds in seed order whatever the order of --seeds; the difference to the paper's mean.
-    assert (f"| full_100 | {full[0]:.2f} ± {full[1]:.2f} | 3 | 1.06 ± 0.37 (Rasmus 2015 "
-            f"Table 1) | {full[0] - 1.06:+.2f} | 90000 | 0: 1.00, 1: 1.22, 2: 0.90 |") in summary
-    assert ("| baseline_100 | 20.00 ± - | 1 (1 failed) | 21.74 ± 1.77 (Rasmus 2015 Table 1, "
-            "unverified) | -1.74 | 90000 | 0: 20.00 |") in summary
+    # The difference to the paper's mean; no metrics, so no median ('-').
+    assert (f"| full_100 | {full[0]:.2f} ± {full[1]:.2f} | 3 | - | 1.06 ± 0.37 (Rasmus 2015 "
+            f"Table 1) | {full[0] - 1.06:+.2f} | 90000 |") in summary
+    assert ("| baseline_100 | 20.00 ± - | 1 of 3 (1 failed) | - | 21.74 ± 1.77 (Rasmus 2015 "
+            "Table 1, unverified) | -1.74 | 90000 |") in summary
+    # Seeds in seed order whatever the order of --seeds.
+    seeds = per_seed_of(summary)
+    assert list(seeds) == [("full_100", "0"), ("full_100", "1"), ("full_100", "2"),
+                           ("baseline_100", "0")]
+    assert [seeds[k]["final"] for k in seeds] == ["1.00", "1.22", "0.90", "20.00"]
     assert "1 of 6 cells are still pending." in summary
-    assert "- `baseline_labels100_seed2` failed: RuntimeError: out of memory" in summary
+    assert "- `baseline_labels100_seed2`: RuntimeError: out of memory" in summary
     assert summary.startswith("# T\n") and "```\ncmd\n```" in summary
+    # Sizes the results do not carry are not made up.
+    assert "test-set size unknown" in summary and "10,000" not in summary
 
 
 def test_failing_cell_is_reported_and_the_others_finish(tiny_sweep, jax_cache, tmp_path):
@@ -312,6 +356,212 @@ def test_a_bad_label_count_stops_the_sweep_before_it_starts(tmp_path):
     assert not os.listdir(tmp_path)
 
 
+# ------------------------------------------------- another dataset, the protocol, row seeds
+
+FASHION_TEST_IMAGES = 1234  # a test set of its own size: the report must read it from the data
+FASHION_TRAIN_IMAGES = 1200
+FASHION_EPOCHS = 12  # an evaluation per epoch: more than the 10 the median figure takes
+
+
+@pytest.fixture(scope="module")
+def fashion_idx(mnist, tmp_path_factory) -> str:
+    """A small dataset in Fashion-MNIST's IDX layout (its images taken from MNIST), read by
+    --dataset=fashion_mnist --data_source=idx: a Fashion-MNIST run as the reports see it."""
+    from ladder_jax.datasets import storage
+
+    directory = tmp_path_factory.mktemp("fashion_idx")
+    arrays = {"train_images": mnist.train_images[:FASHION_TRAIN_IMAGES, ..., 0],
+              "train_labels": mnist.train_labels[:FASHION_TRAIN_IMAGES].astype("uint8"),
+              "test_images": mnist.test_images[:FASHION_TEST_IMAGES, ..., 0],
+              "test_labels": mnist.test_labels[:FASHION_TEST_IMAGES].astype("uint8")}
+    for field, name in storage.IDX_FILES.items():
+        storage.write_idx(directory / name, arrays[field])
+    return str(directory)
+
+
+def fashion_data_flags(data_dir: str) -> list[str]:
+    return ["--dataset=fashion_mnist", "--data_source=idx", f"--data_dir={data_dir}",
+            "--num_validation=100"]
+
+
+def fashion_cells(data_dir: str) -> list[sweep.Cell]:
+    """The cells of the fashion sweep, as its command line builds them."""
+    return sweep.build_grid(["full", "baseline"], [20], [0, 1], layer_sizes=(784, 50, 10),
+                            epochs=FASHION_EPOCHS, steps_per_call=11, checkpoint_every=0,
+                            dataset="fashion_mnist", data_source="idx", data_dir=data_dir,
+                            num_validation=100)
+
+
+@pytest.fixture(scope="module")
+def fashion_sweep(fashion_idx, jax_cache, tmp_path_factory) -> str:
+    """A finished sweep on that dataset: 20 labels x 2 seeds x 2 presets, a validation split
+    of 100, 11 steps per epoch, an evaluation at each of its 12 epochs."""
+    sweep_dir = str(tmp_path_factory.mktemp("sweep") / "fashion")
+    proc = run_cli([f"--sweep_dir={sweep_dir}", *fashion_data_flags(fashion_idx),
+                    "--num_labels=20", "--seeds=0,1", "--presets=full,baseline",
+                    "--layer_sizes=784,50,10", f"--epochs={FASHION_EPOCHS}",
+                    "--steps_per_call=11", "--checkpoint_every=0"], jax_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(trained_cells(proc.stderr)) == 4
+    return sweep_dir
+
+
+def expected_figures(workdir: str) -> dict[str, float]:
+    """The protocol's figures of a run, computed here from its metrics.jsonl: final, median
+    of the last 10 test errors, test error at the (first) lowest validation error, and the
+    median over every evaluation (to show the window matters)."""
+    import numpy as np
+
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        evals = [r for r in map(json.loads, f) if "test_error" in r]
+    test = np.array([r["test_error"] for r in evals])
+    val = np.array([r["val_error"] for r in evals])
+    return {"evaluations": len(evals), "final": test[-1],
+            "median_last10": float(np.median(test[-10:])),
+            "at_best_val": float(test[int(np.argmin(val))]),
+            "median_all": float(np.median(test))}
+
+
+def mean_std_text(values: list[float]) -> str:
+    """'m ± s' of test errors % as the summaries print them."""
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def test_a_fashion_mnist_sweep_names_its_dataset_and_shows_no_mnist_figures(fashion_sweep):
+    with open(os.path.join(fashion_sweep, report.SUMMARY_MD)) as f:
+        text = f.read()
+    assert (f"Dataset: Fashion-MNIST (`fashion_mnist`), {FASHION_TEST_IMAGES:,} test images "
+            f"(every error is over all of them), {FASHION_TRAIN_IMAGES:,} training images."
+            ) in text
+    assert "Published test errors: none for these families on this dataset." in text
+    assert "Rasmus" not in text and "Pezeshki" not in text
+    assert "MNIST" not in text.replace("Fashion-MNIST", "")
+    for row in sweep.read_csv(os.path.join(fashion_sweep, report.RESULTS_CSV)):
+        assert (row["dataset"], int(row["test_size"])) == ("fashion_mnist", FASHION_TEST_IMAGES)
+
+
+def plot_texts(results: list[sweep.CellResult], tmp_path, monkeypatch) -> list[str]:
+    """The title and legend entries of the label-efficiency plot of ``results``."""
+    drawn = []
+    monkeypatch.setattr(report, "_save", lambda plt, fig, path: (drawn.append(fig),
+                                                                  plt.close(fig)))
+    assert report.plot_label_efficiency(results, str(tmp_path / "plot.png"))
+    ax = drawn[0].axes[0]
+    return [ax.get_title()] + [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_plots_name_the_dataset_and_its_published_figures_only(fashion_sweep, fashion_idx,
+                                                                tiny_sweep, tmp_path,
+                                                                monkeypatch):
+    fashion = sweep.report_sweep(fashion_cells(fashion_idx), fashion_sweep,
+                                 lambda results, final: {}).results
+    texts = plot_texts(fashion, tmp_path, monkeypatch)
+    assert texts[0].startswith("Permutation-invariant Fashion-MNIST: test error vs. labels")
+    assert texts[1:] == ["full", "baseline"]  # no published points
+    mnist_cells = sweep.build_grid(["full", "baseline"], [20, 50], [0, 1],
+                                   layer_sizes=(784, 50, 10), epochs=1, max_steps=20,
+                                   steps_per_call=10, checkpoint_every=0)
+    mnist = sweep.report_sweep(mnist_cells, tiny_sweep, lambda results, final: {}).results
+    texts = plot_texts(mnist, tmp_path, monkeypatch)
+    assert texts[0].startswith("Permutation-invariant MNIST: test error vs. labels")
+    assert "full, published (full schedule)" in texts
+    assert "baseline, published (full schedule)" in texts
+
+
+def test_protocol_figures_come_from_each_runs_metrics(fashion_sweep):
+    rows = sweep.read_csv(os.path.join(fashion_sweep, report.RESULTS_CSV))
+    with open(os.path.join(fashion_sweep, report.SUMMARY_MD)) as f:
+        text = f.read()
+    expected = {(r["preset"], r["seed"]): expected_figures(r["workdir"]) for r in rows}
+    for r in rows:  # per seed, in results.csv
+        e = expected[(r["preset"], r["seed"])]
+        assert int(r["evaluations"]) == e["evaluations"] == FASHION_EPOCHS
+        assert float(r["test_error"]) == e["final"]
+        assert float(r["test_error_median_last10"]) == pytest.approx(e["median_last10"],
+                                                                     abs=1e-12)
+        assert float(r["test_error_at_best_val"]) == pytest.approx(e["at_best_val"], abs=1e-12)
+    # The window and the validation choice change the numbers of these runs.
+    assert any(e["median_last10"] != e["median_all"] for e in expected.values())
+    assert any(e["at_best_val"] != e["final"] for e in expected.values())
+    # Per seed and per row, in summary.md.
+    seeds = per_seed_of(text)
+    for (preset, seed), e in expected.items():
+        mine = seeds[(f"{preset} @ 20", seed)]
+        assert mine["median last 10"] == f"{100 * e['median_last10']:.2f}"
+        assert mine["at best val"] == f"{100 * e['at_best_val']:.2f}"
+        assert mine["evaluations"] == str(FASHION_EPOCHS)
+    for title, figure in (("Median over the last 10 evaluations (%):", "median_last10"),
+                          ("At the lowest validation error (%):", "at_best_val")):
+        for preset in ("full", "baseline"):
+            values = [100 * expected[(preset, s)][figure] for s in ("0", "1")]
+            assert grid_of(text, title)["20"][preset] == f"{mean_std_text(values)} (n=2)"
+    assert "'-' here: no run holds out a validation split" not in text
+
+
+def test_table_report_gives_the_same_figures(fashion_sweep, fashion_idx, tmp_path):
+    results = sweep.report_sweep(fashion_cells(fashion_idx), fashion_sweep,
+                                 lambda results, final: {}).results
+    outputs = sweep.write_table_outputs(results, str(tmp_path), references.PUBLISHED)
+    with open(outputs["summary"]) as f:
+        table = f.read()
+    with open(os.path.join(fashion_sweep, report.SUMMARY_MD)) as f:
+        sweep_text = f.read()
+    assert f"Fashion-MNIST (`fashion_mnist`), {FASHION_TEST_IMAGES:,} test images" in table
+    # full_100 and baseline_100 have published MNIST figures; this is not MNIST.
+    assert "Rasmus" not in table and "| published |" not in table
+    assert "Published test errors: none for these rows on this dataset." in table
+    assert ("| row | final | n | median last 10 | at best val | steps |") in table
+    for preset, row in (("full", "full_100"), ("baseline", "baseline_100")):
+        e = [expected_figures(os.path.join(fashion_sweep, f"{preset}_labels20_seed{s}"))
+             for s in (0, 1)]
+        figures = [mean_std_text([100 * x[k] for x in e])
+                   for k in ("final", "median_last10", "at_best_val")]
+        steps = 11 * FASHION_EPOCHS
+        assert (f"| {row} | {figures[0]} | 2 | {figures[1]} | {figures[2]} | {steps} |"
+                ) in table
+    # Each seed's figures are those the sweep's own summary gives.
+    by_sweep = {(row.split(" @ ")[0], seed): {k: v for k, v in cells.items() if k != "row"}
+                for (row, seed), cells in per_seed_of(sweep_text).items()}
+    by_table = {(row.split("_")[0], seed): {k: v for k, v in cells.items() if k != "row"}
+                for (row, seed), cells in per_seed_of(table).items()}
+    assert by_table == by_sweep and len(by_table) == 4
+
+
+def test_rows_with_seeds_of_their_own_resume_the_cells_of_a_table(fashion_idx, jax_cache,
+                                                                   tmp_path):
+    table_dir = str(tmp_path / "table")
+    common = [f"--table_dir={table_dir}", *fashion_data_flags(fashion_idx), "--max_steps=1",
+              "--steps_per_call=1", "--checkpoint_every=0"]
+    proc = run_cli([*common, "--rows=baseline_100", "--seeds=0"], jax_cache,
+                   "experiments.paper_tables")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert trained_cells(proc.stderr) == ["baseline_labels100_seed0"]
+    # The same directory with rows that name their seeds: the finished cell is kept.
+    rows = ["--rows=baseline_100:0-1,gamma_100:3", "--seeds=0"]
+    proc = run_cli([*common, *rows], jax_cache, "experiments.paper_tables")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert trained_cells(proc.stderr) == ["baseline_labels100_seed1", "gamma_labels100_seed3"]
+    assert re.findall(r"cell (\S+): finished before", proc.stderr) == [
+        "baseline_labels100_seed0"]
+    csv_rows = sweep.read_csv(os.path.join(table_dir, report.RESULTS_CSV))
+    assert [(r["preset"], r["num_labels"], r["seed"], r["status"]) for r in csv_rows] == [
+        ("baseline", "100", "0", "finished"), ("baseline", "100", "1", "finished"),
+        ("gamma", "100", "3", "finished")]
+    assert [os.path.basename(r["workdir"]) for r in csv_rows] == [
+        "baseline_labels100_seed0", "baseline_labels100_seed1", "gamma_labels100_seed3"]
+    # --report_only over every row, one of them with a seed still to train.
+    proc = run_cli([*common, "--rows=baseline_100:0-1,gamma_100:3+4", "--report_only"],
+                   jax_cache, "experiments.paper_tables")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert trained_cells(proc.stderr) == []
+    assert "3/4 cells finished, 1 pending" in proc.stdout
+    with open(os.path.join(table_dir, report.SUMMARY_MD)) as f:
+        summary = f.read()
+    assert re.search(r"\| baseline_100 \| [\d.]+ ± [\d.]+ \| 2 \|", summary)
+    assert re.search(r"\| gamma_100 \| [\d.]+ ± - \| 1 of 2 \|", summary)
+    assert f"{FASHION_TEST_IMAGES:,} test images" in summary and "Rasmus" not in summary
+
+
 # ----------------------------------------------------------------------------- in-process
 
 
@@ -339,6 +589,31 @@ def test_grid_uses_the_papers_settings_per_label_count():
         sweep.build_grid(["full"], ["lots"], [0])
     with pytest.raises(config_lib.ConfigError, match="num_labels=15 is not divisible"):
         sweep.build_grid(["full"], [20, 15], [0])
+
+
+def test_table_rows_may_name_their_own_seeds():
+    cells = sweep.build_table(["full_100:0-2", "baseline_100", "gamma_100:4+1",
+                               "full_100:1-3"], [7, 5], epochs=3)
+    assert [c.name for c in cells] == (
+        [f"full_labels100_seed{s}" for s in (0, 1, 2, 3)]
+        + [f"baseline_labels100_seed{s}" for s in (7, 5)]
+        + [f"gamma_labels100_seed{s}" for s in (4, 1)])
+    assert {c.config.epochs for c in cells} == {3}
+    assert [c.config.seed for c in cells] == [c.seed for c in cells]
+    assert {c.source_preset for c in cells} == {"full_100", "baseline_100", "gamma_100"}
+    # The seeds of one row share a row_key; other rows do not.
+    keys = {c.source_preset: c.row_key for c in cells}
+    assert all(c.row_key == keys[c.source_preset] for c in cells) and len(set(keys.values())) == 3
+    assert sweep.split_row(" amlp_100 : 2 - 4 + 9 ") == ("amlp_100", [2, 3, 4, 9])
+    for spec in ("full_100:3-1", "full_100:x", "full_100:", "full_100:0-", "full_100:-1",
+                 "full_100:1.5", "full_100:\uff11", f"full_100:0-{sweep.MAX_ROW_SEEDS}"):
+        with pytest.raises(config_lib.ConfigError, match="row 'full_100:") as raised:
+            sweep.build_table([spec], [0])
+        assert "\n" not in str(raised.value)
+    with pytest.raises(config_lib.ConfigError, match="unknown preset 'nope'"):
+        sweep.build_table(["nope:0"], [0])
+    with pytest.raises(config_lib.ConfigError, match="row full_100 has no seeds"):
+        sweep.build_table(["gamma_100:0", "full_100"], [])
 
 
 def test_layer_sizes_keep_bottom_and_top_settings():

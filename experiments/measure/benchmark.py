@@ -10,7 +10,7 @@ Figures (all from this one process):
   ms_per_step      median over --repeats calls of K = --steps_per_call steps, divided by K
   examples_per_s   (labeled + unlabeled examples per step) / step time
   matmul_gflop     matmul and convolution FLOPs of one step, counted by the model family's
-                   formula (ladder_jax.models.step_flops)
+                   formula (ladder_jax.models.flops.step_flops)
   achieved_gflops  matmul_gflop / step time
   peak_gflops      best of a large float32 matmul in jax and in numpy, timed here and now
   fraction_of_peak achieved_gflops / peak_gflops (the peak is float32's, also for
@@ -44,10 +44,11 @@ import numpy as np
 from absl import app, flags
 from jax.extend import core as jax_core
 
-from experiments import common, shared_flags
-from experiments.measure import step_profile
-from ladder_jax import config, models, train
+from experiments import entry, shared_flags
+from experiments.measure import output, step_profile
+from ladder_jax import config, train
 from ladder_jax.config import TrainConfig
+from ladder_jax.models import flops as model_flops
 from ladder_jax.train import job as job_lib
 
 FLAGS = flags.FLAGS
@@ -75,7 +76,7 @@ CONTRACTIONS = ("dot_general", "conv_general_dilated")
 def step_flops(cfg: TrainConfig) -> int:
     """Counted matmul/convolution FLOPs of one training step of ``cfg``."""
     unlabeled = cfg.unlabeled_batch_size if cfg.uses_unlabeled else 0
-    return models.step_flops(cfg.model, cfg.batch_size, unlabeled)
+    return model_flops.step_flops(cfg.model, cfg.batch_size, unlabeled)
 
 
 def matmul_peak_gflops(size: int, repeats: int = 10) -> dict[str, float]:
@@ -214,11 +215,11 @@ def run(argv: list[str]) -> int:
         print("\nprofile of one more call (ms per step):")
         step_profile.print_profile(profile, FLAGS.top)
         figures["profile"] = {k: v for k, v in profile.items() if k != "ops"}
-    common.write_json_output(FLAGS.output, figures)
+    output.write_json_output(FLAGS.output, figures)
     return 0
 
 
-main = common.entry_point(run)
+main = entry.entry_point(run)
 
 if __name__ == "__main__":
     app.run(main)

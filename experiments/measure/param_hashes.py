@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from experiments import common
+from experiments import entry
 from ladder_jax import config as config_lib
 from ladder_jax import train
 
@@ -49,7 +49,7 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-main = common.entry_point(run)
+main = entry.entry_point(run)
 
 if __name__ == "__main__":
     app.run(main)

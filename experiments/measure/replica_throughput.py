@@ -18,7 +18,8 @@ import time
 import jax
 from absl import app, flags
 
-from experiments import common
+from experiments import entry
+from experiments.measure import output
 from ladder_jax import config as config_lib
 from ladder_jax import train
 from ladder_jax.train import job as job_lib
@@ -99,11 +100,11 @@ def run(argv: list[str]) -> int:
         }
         result["warmup_s"]["solo_all"] = round(solo_warm, 1)
     print(json.dumps(result, indent=2))
-    common.write_json_output(FLAGS.output, result)
+    output.write_json_output(FLAGS.output, result)
     return 0
 
 
-main = common.entry_point(run)
+main = entry.entry_point(run)
 
 if __name__ == "__main__":
     app.run(main)

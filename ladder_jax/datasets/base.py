@@ -8,6 +8,7 @@ Conv-Large preprocessing (global contrast normalisation, then ZCA whitening).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
@@ -45,6 +46,9 @@ class Dataset:
     num_classes: int
     class_names: tuple[str, ...]
     preprocessing: Preprocessing | None = None  # None: pixels / 255
+    # A user dataset's content hash (``content_sha256``), which a run records as its config's
+    # data_sha256; None for the built-in datasets, whose loaders pin their data by sha256.
+    sha256: str | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -132,34 +136,61 @@ def check_sizes(dataset: Dataset, sizes: Mapping[str, int], origin: str) -> None
             raise DataError(f"{origin}: expected {n} {split} examples")
 
 
-def tfds_arrays(tfds_name: str, data_dir: str | None, hint: str) -> dict[str, np.ndarray]:
-    """Returns the FIELDS arrays of TFDS data set `tfds_name` (images [n, H, W, C] as stored).
+def content_sha256(dataset: Dataset) -> str:
+    """Returns the hex sha256 of a dataset's content: its class count, then each FIELDS array's
+    dtype, shape and bytes (C order). Equal exactly when the numbers a run sees are equal."""
+    h = hashlib.sha256(f"ladder_jax dataset v1; classes={dataset.num_classes};".encode())
+    for field in FIELDS:
+        array = np.ascontiguousarray(getattr(dataset, field))
+        h.update(f"{field} {array.dtype.str} {array.shape};".encode())
+        h.update(array.data)
+    return h.hexdigest()
 
-    Raises DataError with an install hint, or with `hint` (another source) if TFDS fails.
-    """
+
+_TFDS_BATCH = 4096  # examples per batch read from TFDS (a whole split at once needs its size)
+
+
+def import_tfds(what: str = "source 'tfds'"):
+    """Returns the tensorflow_datasets module; DataError with the install hint if missing."""
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise DataError(
-            "source 'tfds' needs tensorflow_datasets: pip install 'ladder_jax[tfds]'"
-        ) from None
+        raise DataError(f"{what} needs tensorflow_datasets: pip install 'ladder_jax[tfds]'"
+                        ) from None
+    return tfds
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """'<type>: <first line of the message>' of an exception from a library."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:limit] if text else ''}"
+
+
+def tfds_arrays(tfds_name: str, data_dir: str | None, hint: str,
+                splits: tuple[str, str] = SPLITS) -> dict[str, np.ndarray]:
+    """Returns the FIELDS arrays of TFDS data set `tfds_name`: its `splits` (training, test)
+    as stored (images [n, H, W, C]), read in order (no shuffling) in batches.
+
+    Raises DataError with an install hint, or with `hint` (another source) if TFDS fails.
+    """
+    tfds = import_tfds()
     try:
-        splits = tfds.load(
-            tfds_name, split=list(SPLITS), batch_size=-1, as_supervised=True, data_dir=data_dir
-        )
-        (train_x, train_y), (test_x, test_y) = tfds.as_numpy(splits)
+        loaded = tfds.load(tfds_name, split=list(splits), batch_size=_TFDS_BATCH,
+                           as_supervised=True, data_dir=data_dir)
+        parts = []
+        for split in loaded:
+            batches = list(tfds.as_numpy(split))
+            if not batches:
+                raise ValueError("the split holds no examples")
+            parts.append((np.concatenate([x for x, _ in batches]),
+                          np.concatenate([y for _, y in batches])))
+        (train_x, train_y), (test_x, test_y) = parts
     except Exception as e:  # noqa: BLE001 -- TFDS raises many types (download, checksum, TF).
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise DataError(
-            f"tensorflow_datasets could not load {tfds_name} ({type(e).__name__}: "
-            f"{first[:200]}); use {hint}"
+            f"tensorflow_datasets could not load {tfds_name} ({first_line(e)}); use {hint}"
         ) from None
-    return {
-        "train_images": np.asarray(train_x),
-        "train_labels": np.asarray(train_y),
-        "test_images": np.asarray(test_x),
-        "test_labels": np.asarray(test_y),
-    }
+    return {"train_images": train_x, "train_labels": train_y,
+            "test_images": test_x, "test_labels": test_y}
 
 
 def preprocess(images: jax.Array, prep: Preprocessing | None) -> jax.Array:

@@ -1,18 +1,21 @@
 """Every seed-derived choice of rows: labeled / validation sets (numpy) and batch order (jax).
 
-The choices are those of the first releases, moved here unchanged, so earlier runs resume
-and reproduce with the same rows.
+The choices are pinned (tests/test_datasets.py): a run resumes, and reproduces, with the same
+rows on every machine.
 """
 
 from __future__ import annotations
 
 import functools
+import numbers
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ladder_jax.config import parse_num_labels
 from ladder_jax.datasets.base import DataError
+from ladder_jax.errors import ConfigError
 
 # fold_in(key(seed), stream) gives each use of the seed its own independent stream.
 PARAMS_STREAM = 0  # parameter initialisation
@@ -21,19 +24,14 @@ UNLABELED_STREAM = 2  # order of the unlabeled rows
 NOISE_STREAM = 3  # per-step noise: fold_in(noise_key(seed), step)
 
 
-def _parse_num(name: str, value: int | str) -> int | None:
-    """Returns `value` as an int, or None for "all" / -1 (meaning every index)."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text == "all":
-            return None
-        try:
-            value = int(text)
-        except ValueError:
-            raise DataError(f"{name}={value!r} is not an integer or 'all'") from None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise DataError(f"{name}={value!r} is not an integer or 'all'")
-    return None if value == -1 else int(value)
+def _labeled_count(num_labels: int | str) -> int | None:
+    """``num_labels`` read as the config reads it (config.parse_num_labels): a positive int,
+    or None for 'all' / -1 (every index). DataError (one line) for anything else."""
+    try:
+        n = parse_num_labels(num_labels)
+    except ConfigError as e:
+        raise DataError(str(e)) from None
+    return None if n == "all" else n
 
 
 def _check_labels(labels: np.ndarray) -> np.ndarray:
@@ -93,7 +91,7 @@ def select_labeled(
     class's indices (minus `exclude`) are permuted by np.random.default_rng(seed).
     """
     labels = _check_labels(labels)
-    n = _parse_num("num_labels", num_labels)
+    n = _labeled_count(num_labels)
     if n is None:
         everything = np.arange(labels.shape[0], dtype=np.int64)
         if exclude is None:
@@ -111,14 +109,16 @@ def split_validation(
 
     val_idx [num_validation] is class-balanced; num_validation=0 gives an empty one. Draws from
     np.random.default_rng((seed, 1)) so it is independent of select_labeled(..., seed).
+    DataError (one line) unless num_validation is a whole number >= 0.
     """
     labels = _check_labels(labels)
-    n = _parse_num("num_validation", num_validation)
+    if isinstance(num_validation, bool) or not isinstance(num_validation, numbers.Integral) \
+            or num_validation < 0:
+        raise DataError(f"num_validation={num_validation!r} must be a whole number >= 0")
+    n = int(num_validation)
     everything = np.arange(labels.shape[0], dtype=np.int64)
     if n == 0:
         return everything, np.zeros(0, dtype=np.int64)
-    if n is None:
-        raise DataError("num_validation='all' would leave no training data; pick a number")
     rng = np.random.default_rng((seed, 1))
     val = _balanced_pick(labels, n, rng, num_classes, None, "num_validation")
     return np.setdiff1d(everything, val), val
@@ -127,7 +127,7 @@ def split_validation(
 def index_sets(
     labels: np.ndarray,
     num_labels: int | str,
-    num_validation: int | str,
+    num_validation: int,
     seed: int,
     num_classes: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -9,7 +9,6 @@ import io
 import os
 import pickle
 import subprocess
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +17,7 @@ from typing import TypeVar
 import numpy as np
 from absl import logging
 
+from ladder_jax import files
 from ladder_jax.datasets.base import DataError
 
 T = TypeVar("T")
@@ -181,27 +181,21 @@ def read_idx_dir(
 
 
 def write_verified_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-    """Writes `arrays` to `path` plus a sha256 sidecar, each atomically (tmp file + os.replace)."""
-    directory = os.path.dirname(path) or "."
-    stem = os.path.basename(path).removesuffix(".npz")
-    tmps = []
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{stem}-", suffix=".npz.tmp")
-        tmps.append(tmp)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        fd, tmp_sha = tempfile.mkstemp(dir=directory, prefix=f".{stem}-", suffix=".sha256.tmp")
-        tmps.append(tmp_sha)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{sha256_file(tmp)}  {os.path.basename(path)}\n")
-        for tmp_path in tmps:  # mkstemp makes 0600 files; the cache is plain readable data.
-            os.chmod(tmp_path, 0o644)
-        # Sidecar first: a crash between the two leaves a mismatch, which triggers a rebuild.
-        os.replace(tmp_sha, path + SHA_SUFFIX)
-        os.replace(tmp, path)
-    finally:
-        for leftover in tmps:
-            remove_quietly(leftover)
+    """Writes ``arrays`` to the npz file ``path`` and its sha256 sidecar, each atomically.
+
+    The sidecar is renamed into place first: a kill between the two renames leaves a
+    checksum that does not match, so the next read rebuilds the cache. Both files are
+    0o644 (plain readable data).
+
+    Args:
+      path: the npz file to write (the sidecar is ``path`` + SHA_SUFFIX).
+      arrays: the arrays by name, as np.savez takes them.
+    """
+    with files.replacing(path, binary=True, mode=0o644) as npz:
+        np.savez(npz, **arrays)
+        npz.flush()
+        sidecar = f"{sha256_file(npz.name)}  {os.path.basename(path)}\n"
+        files.write_text_atomic(path + SHA_SUFFIX, sidecar, mode=0o644)
 
 
 def try_write_verified_npz(path: str, arrays: Mapping[str, np.ndarray], what: str) -> None:

@@ -1,19 +1,7 @@
 """The convolutional ladder (the paper's Conv-Small, Conv-FC and Conv-Large), following the
-authors' Theano code (CuriousAI/ladder, ladder.py and nn.py) where the paper is vague.
-
-Layer spec, the authors' ``--encoder-layers`` syntax, layers joined by '-':
-
-    convv:C:K:S[:1]   valid convolution, C output channels, K x K kernel, stride S; the
-                      4th field is read by nothing in the authors' code (it must be 1 here)
-    convf:C:K:S[:1]   full convolution (padding K - 1 on each side: the map grows by K - 1)
-    maxpool:S:K       max pooling, STRIDE first, then window size (nn.maxpool_2d gets
-                      poolsize=dims[1], poolstride=dims[0]); windows that run over the
-                      bottom/right border are kept, partial (Theano's ignore_border=False:
-                      out = (n - 1) // S + 1 for S >= K), which is why Conv-Large's second
-                      pool gives 8 x 8 from 15 x 15 and its global pool sees 6 x 6
-    globalmeanpool:K  mean over the whole map (the authors ignore K); K, or K:K, is 0 or
-                      must be the map's side
-    fc:N (or N)       dense layer of N units on the flattened input
+authors' Theano code (CuriousAI/ladder, ladder.py and nn.py) where the paper is vague. The
+layer spec (``cfg.conv_layers``, the authors' syntax) and the shapes it gives are
+conv_spec.py's.
 
 Encoder, per layer l = 1..L (shapes NHWC; vector layers [B, n]):
     zpre = conv / pool / matmul of h_(l-1)     (no bias)
@@ -52,154 +40,54 @@ pool; ``cfg.combinator_per_channel`` builds that, and decode follows the paramet
 
 bfloat16 (cfg.matmul_dtype): applies to the fc layers' matmuls (encoder and decoder); the
 convolutions always run in float32.
+
+Convolutions (cfg.conv_lowering): 'lax' computes them with lax.conv_general_dilated,
+'matmul' as im2col matmuls (im2col.py: the same sums in another order of additions), and
+'auto' picks matmuls where the program is lowered for the CPU (XLA:CPU does not run lax
+weight gradients as matmuls), lax convolutions where it is lowered for an accelerator.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import operator
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ladder_jax import combinators
-from ladder_jax.models import im2col, ops
+from ladder_jax.errors import ConfigError
+from ladder_jax.models import conv_spec, im2col, ops
+from ladder_jax.models.conv_spec import Geometry, Layer, Shape
 from ladder_jax.models.ops import BnStats, EncoderTrace, Params
 
 if TYPE_CHECKING:
     from ladder_jax.config import ModelConfig
 
-LEAKY_SLOPE = 0.1  # --act leakyrelu in the authors' code
-KINDS = ("convv", "convf", "maxpool", "globalmeanpool", "fc")
-_FIELDS = {"convv": (3, 4), "convf": (3, 4), "maxpool": (2,), "globalmeanpool": (1, 2),
-           "fc": (1,)}
 _DIMS = ("NHWC", "HWIO", "NHWC")
-Shape = tuple[int, ...]
 
 
-class Layer(NamedTuple):
-    """One parsed layer. channels: conv output channels or fc units (0 for pools);
-    kernel, stride: conv / maxpool window side and step; window: globalmeanpool's stated
-    (height, width), 0 = whole map; text: the layer as written."""
-
-    kind: str
-    text: str
-    channels: int = 0
-    kernel: int = 0
-    stride: int = 1
-    window: tuple[int, int] = (0, 0)
+def _plan(cfg: ModelConfig) -> tuple[tuple[Layer, ...], tuple[Shape, ...]]:
+    """conv_spec.plan of cfg: (layers, per-example shapes, input first)."""
+    return conv_spec.plan(cfg.conv_layers, tuple(cfg.input_shape))
 
 
-def _error(index: int, text: str, why: str) -> Exception:
-    from ladder_jax.config import ConfigError
+def validate(cfg: ModelConfig) -> dict[str, Any]:
+    """Checks the settings a conv net needs.
 
-    return ConfigError(f"conv_layers layer {index} {text!r}: {why}")
+    Args:
+        cfg: the model being built (its family 'conv').
 
+    Returns:
+        {'input_shape': (H, W, C) as a tuple of ints}, for the config to keep.
 
-def parse(spec: str) -> tuple[Layer, ...]:
-    """The layers of ``spec`` (authors' syntax, see the module docstring), bottom first.
-
-    Raises ConfigError (one line naming the layer's index, 1 = above the input, and text)
-    for an unknown type, a wrong number of fields, or fields that are not positive integers.
+    Raises:
+        ConfigError: one line, for an input shape that is not three positive integers or a
+            layer spec that does not parse or fit it (conv_spec.plan).
     """
-    from ladder_jax.config import ConfigError
-
-    if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError(f"conv_layers={spec!r} is empty; give a layer spec such as "
-                          "'convv:32:3:1:1-maxpool:2:2-globalmeanpool:0'")
-    return tuple(_parse_layer(i, text.strip()) for i, text in
-                 enumerate(spec.strip().split("-"), start=1))
-
-
-def _parse_layer(index: int, text: str) -> Layer:
-    fields = text.split(":")
-    # the authors' parse_layer: a lone number is an fc layer
-    kind, raw = (fields[0], fields[1:]) if len(fields) >= 2 else ("fc", fields)
-    if kind not in KINDS:
-        raise _error(index, text, f"unknown layer type {kind!r}; choose one of "
-                     f"{', '.join(KINDS)}")
-    if len(raw) not in _FIELDS[kind]:
-        wanted = " or ".join(str(n) for n in _FIELDS[kind])
-        raise _error(index, text, f"{kind} takes {wanted} numbers after the type, "
-                     f"not {len(raw)}")
-    try:
-        nums = [int(f) for f in raw]
-    except ValueError:
-        raise _error(index, text, "every field after the type must be an integer") from None
-    lowest = 0 if kind == "globalmeanpool" else 1
-    if any(n < lowest for n in nums):
-        raise _error(index, text, f"fields must be >= {lowest}")
-    if kind in ("convv", "convf"):
-        if len(nums) == 4 and nums[3] != 1:
-            raise _error(index, text, "the 4th field is unused by the authors' code; use 1")
-        return Layer(kind, text, channels=nums[0], kernel=nums[1], stride=nums[2])
-    if kind == "maxpool":
-        return Layer(kind, text, kernel=nums[1], stride=nums[0])
-    if kind == "globalmeanpool":
-        return Layer(kind, text, window=(nums[0], nums[-1]))
-    return Layer(kind, text, channels=nums[0])
-
-
-def _pooled_size(n: int, kernel: int, stride: int) -> int:
-    """Theano's max-pool output length with ignore_border=False (partial windows kept)."""
-    if stride >= kernel:
-        return (n - 1) // stride + 1
-    return max(0, (n - 1 - kernel + stride) // stride) + 1
-
-
-def _output_shape(index: int, layer: Layer, shape: Shape) -> Shape:
-    """Per-example output shape of ``layer`` on an input of ``shape``; ConfigError if it
-    does not fit."""
-    if layer.kind == "fc":
-        return (layer.channels,)
-    if len(shape) != 3:
-        raise _error(index, layer.text, f"{layer.kind} needs an H x W x C map but its input "
-                     f"is a vector of {shape[0]}")
-    height, width, channels = shape
-    side = f"{height}x{width}"
-    if layer.kind == "globalmeanpool":
-        if any(w not in (0, n) for w, n in zip(layer.window, (height, width))):
-            raise _error(index, layer.text, f"window {layer.window[0]}x{layer.window[1]} does "
-                         f"not cover its {side} input; use 0 (whole map) or the map's side")
-        return (channels,)
-    k, s = layer.kernel, layer.stride
-    if layer.kind == "maxpool":
-        if k > min(height, width):
-            raise _error(index, layer.text, f"pool window {k} does not fit its {side} input")
-        return (_pooled_size(height, k, s), _pooled_size(width, k, s), channels)
-    if layer.kind == "convv":
-        if k > min(height, width):
-            raise _error(index, layer.text, f"kernel {k} is larger than its {side} input")
-        return ((height - k) // s + 1, (width - k) // s + 1, layer.channels)
-    return ((height + k - 2) // s + 1, (width + k - 2) // s + 1, layer.channels)
-
-
-@functools.lru_cache(maxsize=128)
-def _plan(spec: str, input_shape: Shape) -> tuple[tuple[Layer, ...], tuple[Shape, ...]]:
-    """(layers, shapes): the parsed spec and per-example shapes, input first; cached
-    because ModelConfig.layer_shapes is asked often."""
-    layers = parse(spec)
-    shapes: list[Shape] = [tuple(input_shape)]
-    for index, layer in enumerate(layers, start=1):
-        shapes.append(_output_shape(index, layer, shapes[-1]))
-    top = layers[-1]
-    if top.kind not in ("fc", "globalmeanpool"):
-        raise _error(len(layers), top.text, "the top layer must output the class vector "
-                     "(globalmeanpool or fc), not a map; end with e.g. '-globalmeanpool:0'")
-    if shapes[-1][0] < 2:
-        raise _error(len(layers), top.text, f"outputs {shapes[-1][0]} class; a classifier "
-                     "needs >= 2")
-    return layers, tuple(shapes)
-
-
-def validate(cfg: ModelConfig) -> None:
-    """Checks input_shape (H, W, C positive integers; stored as a tuple) and conv_layers."""
-    from ladder_jax.config import ConfigError
-
     try:
         shape = tuple(operator.index(n) for n in cfg.input_shape)
         if any(isinstance(n, bool) for n in cfg.input_shape):
@@ -209,17 +97,20 @@ def validate(cfg: ModelConfig) -> None:
     if len(shape) != 3 or min(shape) < 1:
         raise ConfigError(f"input_shape={shape} must be three positive integers H, W, C, "
                           "e.g. 28,28,1")
-    object.__setattr__(cfg, "input_shape", shape)
-    _plan(cfg.conv_layers, shape)
+    conv_spec.plan(cfg.conv_layers, shape)
+    return {"input_shape": shape}
 
 
 def layer_shapes(cfg: ModelConfig) -> list[Shape]:
-    """Per-example shape of z_l, l = 0..L: (H, W, C) for maps, (n,) for vectors."""
-    return list(_plan(cfg.conv_layers, tuple(cfg.input_shape))[1])
+    """The per-example shape of every layer.
 
+    Args:
+        cfg: a validated conv config.
 
-def _key(layer: int) -> str:
-    return str(layer)
+    Returns:
+        The shape of z_l, l = 0..L: (H, W, C) for maps, (n,) for vectors.
+    """
+    return list(_plan(cfg)[1])
 
 
 def _conv_init(key: jax.Array, kernel: int, c_in: int, c_out: int) -> jax.Array:
@@ -247,7 +138,7 @@ def _weight(key: jax.Array, layer: Layer, below: Shape, above: Shape, down: bool
 
 def _has_beta(layers: Sequence[Layer], layer: int) -> bool:
     """Hidden pooling layers are linear and have no beta; every other layer has one."""
-    return layer == len(layers) or layers[layer - 1].kind in ("convv", "convf", "fc")
+    return layer == len(layers) or layers[layer - 1].kind in conv_spec.WEIGHTED
 
 
 def _combinator_width(layers: Sequence[Layer], shapes: Sequence[Shape], layer: int,
@@ -260,25 +151,32 @@ def _combinator_width(layers: Sequence[Layer], shapes: Sequence[Shape], layer: i
 
 
 def init(key: jax.Array, cfg: ModelConfig) -> Params:
-    """Parameters of the conv ladder ``cfg`` describes, keyed by layer number (str):
+    """The initial parameters of the conv ladder ``cfg`` describes (module docstring).
 
-    'W': {l: HWIO [K, K, C_(l-1), C_l] (conv) or [prod(shape_(l-1)), n_l] (fc)},
-    'beta': {l: [C_l]} for conv/fc layers and the top, 'gamma': [classes] (only with
-    top_c), 'V': {l: the transpose's weights, [K, K, C_l, C_(l-1)] or [n_l, prod(shape_(l-1))]}
-    for conv/fc layers l above the lowest decoded one, 'g': {l: combinator params of width
-    prod(shape_l)} (cfg.combinator_per_channel: C_l where the layer above is conv/pool, as
-    the authors).
+    Args:
+        key: the PRNG key every parameter is drawn from.
+        cfg: a validated conv config.
+
+    Returns:
+        Parameters keyed by layer number (str): 'W': {l: HWIO [K, K, C_(l-1), C_l] (conv)
+        or [prod(shape_(l-1)), n_l] (fc)}; 'beta': {l: [C_l]} for conv/fc layers and the
+        top; 'gamma': [classes] (only with top_c); 'V': {l: the transpose's weights,
+        [K, K, C_l, C_(l-1)] or [n_l, prod(shape_(l-1))]} for conv/fc layers l above the
+        lowest decoded one; 'g': {l: combinator params of width prod(shape_l)}
+        (cfg.combinator_per_channel: C_l where the layer above is conv/pool, as the
+        authors).
     """
-    layers, shapes = _plan(cfg.conv_layers, tuple(cfg.input_shape))
+    layers, shapes = _plan(cfg)
     top = len(layers)
     enc_keys = jax.random.split(jax.random.fold_in(key, 0), top + 1)
     dec_keys = jax.random.split(jax.random.fold_in(key, 1), top + 1)
     comb_keys = jax.random.split(jax.random.fold_in(key, 2), top + 1)
-    weighted = [i for i in range(1, top + 1) if layers[i - 1].kind in ("convv", "convf", "fc")]
+    weighted = [i for i in range(1, top + 1) if layers[i - 1].kind in conv_spec.WEIGHTED]
     params: Params = {
-        "W": {_key(i): _weight(enc_keys[i], layers[i - 1], shapes[i - 1], shapes[i], False)
+        "W": {ops.layer_key(i): _weight(enc_keys[i], layers[i - 1], shapes[i - 1], shapes[i],
+                                        False)
               for i in weighted},
-        "beta": {_key(i): jnp.zeros((shapes[i][-1],)) for i in range(1, top + 1)
+        "beta": {ops.layer_key(i): jnp.zeros((shapes[i][-1],)) for i in range(1, top + 1)
                  if _has_beta(layers, i)},
         "V": {},
         "g": {},
@@ -291,74 +189,55 @@ def init(key: jax.Array, cfg: ModelConfig) -> Params:
     combinator = combinators.get(cfg.combinator, cfg.amlp_hidden)
     for layer in range(lowest, top + 1):
         width = _combinator_width(layers, shapes, layer, cfg.combinator_per_channel)
-        params["g"][_key(layer)] = combinator.init(comb_keys[layer], width)
+        params["g"][ops.layer_key(layer)] = combinator.init(comb_keys[layer], width)
         if layer > lowest and layer in weighted:
-            params["V"][_key(layer)] = _weight(dec_keys[layer], layers[layer - 1],
-                                               shapes[layer - 1], shapes[layer], True)
+            params["V"][ops.layer_key(layer)] = _weight(dec_keys[layer], layers[layer - 1],
+                                                        shapes[layer - 1], shapes[layer], True)
     return params
 
 
-def activation(cfg: ModelConfig, x: jax.Array) -> jax.Array:
-    """The hidden conv/fc layers' nonlinearity."""
-    return jax.nn.relu(x) if cfg.activation == "relu" else jax.nn.leaky_relu(x, LEAKY_SLOPE)
+def _by_lowering(lowering: str, as_matmuls, as_convolutions, *args) -> jax.Array:
+    """``as_matmuls(*args)`` or ``as_convolutions(*args)`` as cfg.conv_lowering says; 'auto'
+    lets the platform the program is lowered for decide (lax.platform_dependent): matmuls
+    on the CPU, convolutions elsewhere, also for a program exported from a CPU for an
+    accelerator (jax.export)."""
+    if lowering == "matmul":
+        return as_matmuls(*args)
+    if lowering == "lax":
+        return as_convolutions(*args)
+    return jax.lax.platform_dependent(*args, cpu=as_matmuls, default=as_convolutions)
 
 
-class _Geometry(NamedTuple):
-    """One spatial axis of a convolution as lax sees it."""
-
-    pad: tuple[int, int]
-    stride: int = 1
-    lhs_dilation: int = 1
-
-
-def _encoder_geometry(layer: Layer) -> _Geometry:
-    pad = layer.kernel - 1 if layer.kind == "convf" else 0
-    return _Geometry((pad, pad), layer.stride)
-
-
-def _decoder_geometry(layer: Layer, n_above: int, n_below: int) -> _Geometry:
-    """The transpose of conv ``layer`` along one axis: zero-insertion by the stride, then a
-    full convolution (of a valid one) or a valid one (of a full one), its high padding set
-    so the output is exactly n_below long (the authors crop it to that)."""
-    low = layer.kernel - 1 if layer.kind == "convv" else 0
-    dilated = (n_above - 1) * layer.stride + 1
-    high = n_below + layer.kernel - 1 - dilated - low
-    return _Geometry((low, high), 1, layer.stride)
-
-
-#: How convolutions are computed: "matmul" (im2col.py), "lax" (lax.conv_general_dilated),
-#: or "auto": matmuls on XLA:CPU, whose lax weight gradients are slow, lax elsewhere.
-LOWERING = "auto"
-
-
-def _as_matmuls() -> bool:
-    return LOWERING == "matmul" or (LOWERING == "auto" and jax.default_backend() == "cpu")
-
-
-def _convolve(x: jax.Array, w: jax.Array, geometry: Sequence[_Geometry]) -> jax.Array:
-    """NHWC input, HWIO filters, one _Geometry per spatial axis; float32."""
+def _convolve(x: jax.Array, w: jax.Array, geometry: Sequence[Geometry]) -> jax.Array:
+    """NHWC input, HWIO filters, one Geometry per spatial axis; float32."""
     return jax.lax.conv_general_dilated(
         x, w, tuple(g.stride for g in geometry), tuple(g.pad for g in geometry),
         lhs_dilation=tuple(g.lhs_dilation for g in geometry), dimension_numbers=_DIMS)
 
 
-def _encoder_conv(x: jax.Array, w: jax.Array, layer: Layer) -> jax.Array:
-    geometry = _encoder_geometry(layer)
-    if _as_matmuls():
-        return im2col.conv(x, w, geometry.stride, geometry.pad)
-    return _convolve(x, w, (geometry,) * 2)
+def _encoder_conv(x: jax.Array, w: jax.Array, layer: Layer, lowering: str) -> jax.Array:
+    geometry = conv_spec.encoder_geometry(layer)
+    return _by_lowering(
+        lowering, lambda x, w: im2col.conv(x, w, geometry.stride, geometry.pad),
+        lambda x, w: _convolve(x, w, (geometry,) * 2), x, w)
 
 
-def _decoder_conv(zhat: jax.Array, v: jax.Array, layer: Layer, below: Shape) -> jax.Array:
-    """Layer's transpose T with weights v [K, K, C_above, C_below] (_decoder_geometry).
+def _decoder_conv(zhat: jax.Array, v: jax.Array, layer: Layer, below: Shape,
+                  lowering: str) -> jax.Array:
+    """Layer's transpose T with weights v [K, K, C_above, C_below] (decoder_geometry).
     T is the transpose of the encoder's convolution with the filter v flipped in space
     and in/out channels swapped, which is how the matmul lowering computes it."""
-    if _as_matmuls():
+    def as_matmuls(zhat, v):
         w = jnp.flip(v, (0, 1)).transpose(0, 1, 3, 2)
-        geometry = _encoder_geometry(layer)
+        geometry = conv_spec.encoder_geometry(layer)
         return im2col.conv_transpose(zhat, w, geometry.stride, geometry.pad, below)
-    geometry = [_decoder_geometry(layer, zhat.shape[1 + axis], below[axis]) for axis in (0, 1)]
-    return _convolve(zhat, v, geometry)
+
+    def as_convolutions(zhat, v):
+        geometry = [conv_spec.decoder_geometry(layer, zhat.shape[1 + axis], below[axis])
+                    for axis in (0, 1)]
+        return _convolve(zhat, v, geometry)
+
+    return _by_lowering(lowering, as_matmuls, as_convolutions, zhat, v)
 
 
 def _maxpool(h: jax.Array, layer: Layer, out_shape: Shape) -> jax.Array:
@@ -374,73 +253,49 @@ def _forward(params: Params, cfg: ModelConfig, layer: Layer, index: int, h: jax.
              out_shape: Shape) -> jax.Array:
     """zpre of layer ``index``: [B, *out_shape]."""
     if layer.kind == "fc":
-        return ops.matmul(h.reshape(h.shape[0], -1), params["W"][_key(index)],
+        return ops.matmul(h.reshape(h.shape[0], -1), params["W"][ops.layer_key(index)],
                           cfg.matmul_dtype)
     if layer.kind == "globalmeanpool":
         return jnp.mean(h, axis=(1, 2))
     if layer.kind == "maxpool":
         return _maxpool(h, layer, out_shape)
-    return _encoder_conv(h, params["W"][_key(index)], layer)
-
-
-def _batch_norm(x: jax.Array, part_sizes: Sequence[int],
-                eps: float) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Per-part batch norm of [B, n] (per unit) or [B, H, W, C] (per channel over the
-    part's rows and positions). Returns (normalised, mean [parts, c], var [parts, c]).
-
-    A map is viewed as [B H W, C]: example b owns rows b H W .. (b + 1) H W - 1, so each
-    part stays a consecutive block of part_size H W rows."""
-    if x.ndim == 2:
-        return ops.batch_normalize(x, part_sizes, eps)
-    positions = x.shape[1] * x.shape[2]
-    y, mean, var = ops.batch_normalize(x.reshape(-1, x.shape[-1]),
-                                       [size * positions for size in part_sizes], eps)
-    return y.reshape(x.shape), mean, var
+    return _encoder_conv(h, params["W"][ops.layer_key(index)], layer, cfg.conv_lowering)
 
 
 def encode(params: Params, cfg: ModelConfig, x: jax.Array, *, part_sizes: Sequence[int],
            noisy: Sequence[bool], noise: Sequence[jax.Array | None],
            bn_stats: BnStats | None, start: int = 0) -> EncoderTrace:
-    """One encoder pass over ``x`` [B, H, W, C] (or [B, H W C], reshaped); see models.encode.
+    """One encoder pass (module docstring).
 
-    noise[l]: the drawn corruption of the noisy rows of layer l, [noisy rows, *shape_l], or
-    None. start > 0: ``x`` is h[start] and the pass runs the layers above it. Returns
-    EncoderTrace with z[l], h[l] of shape [B, *shape_l] (None below ``start``), stats per
-    part [parts, C_l] (or the population ones given), logits [B, classes].
+    Args:
+        params, cfg: the model.
+        x: [B, H, W, C] (or [B, H W C], reshaped), or h[start] [B, *shape_start].
+        part_sizes, noisy, noise, bn_stats, start: as models.encode takes them, noise
+            drawn (per layer, the noisy rows' corruption [noisy rows, *shape_l], or None).
+
+    Returns:
+        The EncoderTrace (ops.encoder_pass): z[l], h[l] of shape [B, *shape_l], stats per
+        part [parts, C_l] (or the population ones given), logits [B, classes].
     """
-    layers, shapes = _plan(cfg.conv_layers, tuple(cfg.input_shape))
-    rows, top = x.shape[0], len(layers)
+    layers, shapes = _plan(cfg)
+    num_layers = len(layers)
 
-    def corrupt(layer: int, value: jax.Array) -> jax.Array:
-        return value + ops.place_noise(noise[layer], rows, part_sizes, noisy)
+    def preactivation(index: int, h: jax.Array) -> jax.Array:
+        return _forward(params, cfg, layers[index - 1], index, h, shapes[index])
 
-    h = x.reshape(rows, *shapes[start])
-    if start == 0:
-        h = corrupt(0, h)
-    zs, hs, means, variances = ops.trace_lists(h, start)
-    logits = h
-    for index, layer in enumerate(layers[start:], start=start + 1):
-        zpre = _forward(params, cfg, layer, index, h, shapes[index])
-        if bn_stats is None or bn_stats.mean[index] is None:
-            z, mean, var = _batch_norm(zpre, part_sizes, cfg.bn_eps)
-        else:
-            mean, var = bn_stats.mean[index], bn_stats.var[index]
-            z = ops.normalize(zpre, mean, var, cfg.bn_eps)
-        z = corrupt(index, z)
-        if index == top:
-            logits = z + params["beta"][_key(index)]
-            if "gamma" in params:
-                logits = params["gamma"] * logits
-            h = jax.nn.softmax(logits, axis=-1)
-        elif _has_beta(layers, index):
-            h = activation(cfg, z + params["beta"][_key(index)])
-        else:
-            h = z  # hidden pooling layer: linear, no beta (authors' act_f = 'linear')
-        zs.append(z)
-        hs.append(h)
-        means.append(mean)
-        variances.append(var)
-    return EncoderTrace(zs, hs, BnStats(means, variances), logits)
+    def hidden(index: int, z: jax.Array) -> jax.Array:
+        if _has_beta(layers, index):
+            return ops.activation(z + params["beta"][ops.layer_key(index)], cfg.activation)
+        return z  # hidden pooling layer: linear, no beta (authors' act_f = 'linear')
+
+    def top(z: jax.Array) -> jax.Array:
+        logits = z + params["beta"][ops.layer_key(num_layers)]
+        return params["gamma"] * logits if "gamma" in params else logits
+
+    return ops.encoder_pass(x.reshape(x.shape[0], *shapes[start]), num_layers, start=start,
+                            preactivation=preactivation, hidden=hidden, top=top,
+                            part_sizes=part_sizes, noisy=noisy, noise=noise,
+                            bn_stats=bn_stats, eps=cfg.bn_eps)
 
 
 def _unpool_indices(n_below: int, stride: int, n_above: int) -> np.ndarray:
@@ -454,13 +309,14 @@ def _transpose(params: Params, cfg: ModelConfig, layer: Layer, index: int, zhat:
     estimate zhat [Bu, *shape_index]; returns [Bu, *below] (fc: [Bu, prod(below)])."""
     rows = zhat.shape[0]
     if layer.kind == "fc":
-        return ops.matmul(zhat, params["V"][_key(index)], cfg.matmul_dtype)
+        return ops.matmul(zhat, params["V"][ops.layer_key(index)], cfg.matmul_dtype)
     if layer.kind == "globalmeanpool":
         return jnp.broadcast_to(zhat[:, None, None, :], (rows, *below))
     if layer.kind == "maxpool":
         u = jnp.take(zhat, _unpool_indices(below[0], layer.stride, zhat.shape[1]), axis=1)
         return jnp.take(u, _unpool_indices(below[1], layer.stride, zhat.shape[2]), axis=2)
-    return _decoder_conv(zhat, params["V"][_key(index)], layer, below)
+    return _decoder_conv(zhat, params["V"][ops.layer_key(index)], layer, below,
+                         cfg.conv_lowering)
 
 
 def _combine(combinator: combinators.Combinator, p: Params, z_noisy: jax.Array,
@@ -476,12 +332,17 @@ def decode(params: Params, cfg: ModelConfig, z_noisy: Sequence[jax.Array],
            h_top_noisy: jax.Array, clean_stats: BnStats) -> list[jax.Array | None]:
     """The denoising decoder, top down, on the unlabeled part (module docstring).
 
-    z_noisy[l]: [Bu, *shape_l] corrupted z~_l; h_top_noisy: [Bu, classes] h~_L; clean_stats:
-    the clean pass's batch mean/var of zpre_l on the unlabeled rows ([C_l]). Returns
-    zhat_bn[l] [Bu, *shape_l] for l = lowest..L, normalised by the clean statistics (layer
-    0 is not), None for the layers the decoder does not reach.
+    Args:
+        params, cfg: the model.
+        z_noisy: z_noisy[l] [Bu, *shape_l], the corrupted z~_l of the unlabeled rows.
+        h_top_noisy: [Bu, classes], h~_L.
+        clean_stats: the clean pass's batch mean/var of zpre_l on the unlabeled rows ([C_l]).
+
+    Returns:
+        zhat_bn[l] [Bu, *shape_l] for l = lowest..L, normalised by the clean statistics
+        (layer 0 is not); None for the layers the decoder does not reach.
     """
-    layers, shapes = _plan(cfg.conv_layers, tuple(cfg.input_shape))
+    layers, shapes = _plan(cfg)
     top, lowest = len(layers), cfg.lowest_decoded_layer
     estimates: list[jax.Array | None] = [None] * (top + 1)
     if lowest is None:
@@ -494,75 +355,8 @@ def decode(params: Params, cfg: ModelConfig, z_noisy: Sequence[jax.Array],
         else:  # layers[layer] is layer l + 1 (layers[0] is layer 1)
             u = _transpose(params, cfg, layers[layer], layer + 1, zhat, shapes[layer])
         # fc's u is normalised per unit before it takes layer l's shape (authors' g)
-        u = _batch_norm(u, (u.shape[0],), cfg.bn_eps)[0].reshape(-1, *shapes[layer])
-        zhat = _combine(combinator, params["g"][_key(layer)], z_noisy[layer], u)
+        u = ops.batch_normalize(u, (u.shape[0],), cfg.bn_eps)[0].reshape(-1, *shapes[layer])
+        zhat = _combine(combinator, params["g"][ops.layer_key(layer)], z_noisy[layer], u)
         estimates[layer] = zhat if layer == 0 else ops.normalize(
             zhat, clean_stats.mean[layer], clean_stats.var[layer], cfg.bn_eps)
     return estimates
-
-
-def count_params(params: Params) -> dict[str, int]:
-    """Parameter counts by role: encoder weights, decoder weights, combinators, BN affine."""
-    def size(tree) -> int:
-        return sum(int(a.size) for a in jax.tree_util.tree_leaves(tree))
-
-    counts = {
-        "encoder_W": size(params["W"]),
-        "decoder_V": size(params["V"]),
-        "combinators": size(params["g"]),
-        "bn_affine": size(params["beta"]) + size(params.get("gamma")),
-    }
-    counts["total"] = sum(counts.values())
-    return counts
-
-
-def window_pairs(n_in: int, kernel: int, n_out: int, geometry: _Geometry) -> int:
-    """Along one axis: the (output position, kernel tap) pairs of a convolution that land
-    on an input element, not on padding or an inserted zero (multiply-adds per channel
-    pair). valid stride 1: n_out K; full stride 1: n_in K."""
-    lo, dil = geometry.pad[0], geometry.lhs_dilation
-    p = (np.arange(n_out)[:, None] * geometry.stride + np.arange(kernel)[None, :] - lo)
-    return int(np.sum((p >= 0) & (p <= (n_in - 1) * dil) & (p % dil == 0)))
-
-
-def _layer_macs(layer: Layer, below: Shape, above: Shape, down: bool) -> int:
-    """Multiply-adds per example of conv/fc ``layer`` (down: its decoder transpose)."""
-    if layer.kind == "fc":
-        return math.prod(below) * math.prod(above)
-    src, dst = (above, below) if down else (below, above)
-    spatial = 1
-    for axis in range(2):
-        geometry = (_decoder_geometry(layer, above[axis], below[axis]) if down
-                    else _encoder_geometry(layer))
-        spatial *= window_pairs(src[axis], layer.kernel, dst[axis], geometry)
-    return spatial * below[-1] * above[-1]
-
-
-def step_flops(cfg: ModelConfig, labeled_rows: int, unlabeled_rows: int) -> int:
-    """Convolution and matmul FLOPs of one training step (2 per multiply-add).
-
-    m_l, multiply-adds per example of conv/fc layer l: fc n_(l-1) n_l; conv
-    C_(l-1) C_l P_h P_w, P per spatial axis = window_pairs (output positions x kernel taps
-    that land on an input element: n_out K for a valid conv, n_in K for a full one, stride
-    1); pooling layers have none. m'_l: the same for the decoder's transpose V_l (equal to
-    m_l at stride 1).
-    Forward: R = Nl + 2 Nu rows through the encoder (R = Nl without a decoder), Nu rows
-    through each V_l of the decoder:  F = sum_l 2 R m_l + sum_(V_l) 2 Nu m'_l.
-    Backward: a weight gradient per forward op (the same pairs: F) and an input gradient
-    per forward op but the lowest conv/fc encoder layer's, whose input depends on no
-    parameter (F - 2 R m_first).   Total = 3 F - 2 R m_first.
-    """
-    layers, shapes = _plan(cfg.conv_layers, tuple(cfg.input_shape))
-    lowest = cfg.lowest_decoded_layer
-    rows = labeled_rows + 2 * unlabeled_rows if lowest is not None else labeled_rows
-    forward, first = 0, None
-    for index, layer in enumerate(layers, start=1):
-        if layer.kind in ("maxpool", "globalmeanpool"):
-            continue
-        macs = _layer_macs(layer, shapes[index - 1], shapes[index], down=False)
-        first = macs if first is None else first
-        forward += 2 * rows * macs
-        if lowest is not None and index > lowest:
-            forward += 2 * unlabeled_rows * _layer_macs(layer, shapes[index - 1],
-                                                        shapes[index], down=True)
-    return 3 * forward - 2 * rows * (first or 0)

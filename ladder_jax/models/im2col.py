@@ -1,14 +1,13 @@
-"""Convolutions written as matmuls (im2col), the conv family's lowering on XLA:CPU.
+"""Convolutions written as matmuls (im2col): the conv family's 'matmul' lowering
+(ModelConfig.conv_lowering; 'auto' picks it on XLA:CPU).
 
-XLA:CPU runs the weight gradient of ``lax.conv_general_dilated`` as a convolution whose
-kernel is the output map, far below its matmul speed (BUILD_NOTES: most of a Conv-Small
-step). Written as patch extraction plus one matmul, every product of a training step is a
-plain matmul: the forward pass (patches @ W), the weight gradient (patches^T @ cotangent)
-and the input gradient (cotangent @ W^T, then the patches' transpose: pads and adds).
-Vmapped replicas become batched matmuls instead of grouped convolutions.
+Written as patch extraction plus one matmul, every product of a training step is a plain
+matmul: the forward pass (patches @ W), the weight gradient (patches^T @ cotangent) and the
+input gradient (cotangent @ W^T, then the patches' transpose: pads and adds). Vmapped
+replicas become batched matmuls instead of grouped convolutions.
 
 Same sums as the lax convolution, in another order of additions; the patches also multiply
-the padding's zeros (``models.step_flops`` counts only the products that read an input).
+the padding's zeros (``flops.step_flops`` counts only the products that read an input).
 Square kernels, the same stride and padding on both axes, NHWC maps, HWIO filters.
 """
 
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 
 
 def output_side(n: int, kernel: int, stride: int, pad: tuple[int, int]) -> int:
+    """A convolution's output length along an axis of length ``n`` padded by ``pad``."""
     return (n + pad[0] + pad[1] - kernel) // stride + 1
 
 

@@ -1,6 +1,7 @@
-"""Maths shared by the model families: the encoder's trace, per-part batch normalisation with a
-written-out backward pass, the optional bfloat16 matmul, and placing drawn noise on the
-corrupted parts of a batch.
+"""What the model families share: the encoder's trace and the loop that builds it, per-part
+batch normalisation with a written-out backward pass, the optional bfloat16 matmul, placing
+drawn noise on the corrupted parts of a batch, the hidden layers' nonlinearity and the keys
+of per-layer parameters.
 
 Layers are numbered as in the paper: 0 is the input, L the softmax output. Lists indexed by
 layer hold ``None`` where a layer has no such quantity (e.g. no batch mean at the input).
@@ -9,13 +10,16 @@ layer hold ``None`` where a layer has no such quantity (e.g. no batch mean at th
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 Params = dict[str, Any]
+#: The leaky ReLU's slope for activation 'leakyrelu' (the authors' code).
+LEAKY_SLOPE = 0.1
 
 
 class BnStats(NamedTuple):
@@ -47,11 +51,83 @@ class EncoderTrace(NamedTuple):
     logits: jax.Array
 
 
-def trace_lists(h: jax.Array, start: int) -> tuple[list, list, list, list]:
-    """The z, h, mean and var lists of an encoder pass that begins with h[start] = ``h``:
-    None below ``start`` (and z[start], mean[start] and var[start] unless it is the input)."""
-    return ([None] * start + [h if start == 0 else None], [None] * start + [h],
-            [None] * (start + 1), [None] * (start + 1))
+def layer_key(layer: int) -> str:
+    """The key of layer ``layer``'s entry in a per-layer parameter dict ('V', 'g', ...)."""
+    return str(layer)
+
+
+def activation(x: jax.Array, name: str) -> jax.Array:
+    """The hidden layers' nonlinearity: ``name`` 'relu', or 'leakyrelu' (slope LEAKY_SLOPE)."""
+    return jax.nn.relu(x) if name == "relu" else jax.nn.leaky_relu(x, LEAKY_SLOPE)
+
+
+def encoder_pass(
+    h: jax.Array,
+    num_layers: int,
+    *,
+    start: int,
+    preactivation: Callable[[int, jax.Array], jax.Array],
+    hidden: Callable[[int, jax.Array], jax.Array],
+    top: Callable[[jax.Array], jax.Array],
+    part_sizes: Sequence[int],
+    noisy: Sequence[bool],
+    noise: Sequence[jax.Array | None],
+    bn_stats: BnStats | None,
+    eps: float,
+) -> EncoderTrace:
+    """The encoder's loop, layer by layer above ``start``; the family supplies the layers.
+
+    Per layer l: zpre = preactivation(l, h[l-1]); z = batch_normalize(zpre) per part (or
+    normalised with bn_stats, where it has layer l) plus the noise of layer l; h[l] =
+    hidden(l, z) below the top, softmax(top(z)) at the top, whose top(z) are the logits.
+
+    Args:
+        h: [B, *shape_start], the input (start 0, corrupted here with noise[0]) or the kept
+            output h[start] of layer ``start``.
+        num_layers: L.
+        start: the layer ``h`` belongs to, 0 <= start < L.
+        preactivation: (l, h[l-1]) -> zpre_l [B, *shape_l].
+        hidden: (l, z_l) -> h[l], for 0 < l < L.
+        top: z_L -> logits [B, classes].
+        part_sizes, noisy: consecutive row blocks batch-normalised apart, and per block
+            whether it is corrupted.
+        noise: per layer, the drawn corruption of the noisy rows, or None.
+        bn_stats: population statistics replacing the batch ones where given, or None.
+        eps: added to the variance before the square root.
+
+    Returns:
+        The pass's EncoderTrace: z, h, batch (or given) statistics per layer, None below
+        ``start`` (z[start] too, unless start is the input), and the logits.
+    """
+    rows = h.shape[0]
+
+    def corrupt(layer: int, value: jax.Array) -> jax.Array:
+        return value + place_noise(noise[layer], rows, part_sizes, noisy)
+
+    if start == 0:
+        h = corrupt(0, h)
+    zs = [None] * start + [h if start == 0 else None]
+    hs = [None] * start + [h]
+    means, variances = [None] * (start + 1), [None] * (start + 1)
+    logits = h
+    for layer in range(start + 1, num_layers + 1):
+        zpre = preactivation(layer, h)
+        if bn_stats is None or bn_stats.mean[layer] is None:
+            z, mean, var = batch_normalize(zpre, part_sizes, eps)
+        else:
+            mean, var = bn_stats.mean[layer], bn_stats.var[layer]
+            z = normalize(zpre, mean, var, eps)
+        z = corrupt(layer, z)
+        if layer < num_layers:
+            h = hidden(layer, z)
+        else:
+            logits = top(z)
+            h = jax.nn.softmax(logits, axis=-1)
+        zs.append(z)
+        hs.append(h)
+        means.append(mean)
+        variances.append(var)
+    return EncoderTrace(zs, hs, BnStats(means, variances), logits)
 
 
 def normalize(x: jax.Array, mean: jax.Array, var: jax.Array, eps: float) -> jax.Array:
@@ -64,9 +140,29 @@ def batch_normalize(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Normalises each part of the batch (consecutive rows) with its own statistics.
 
-    Returns (normalised [B, n], mean [num_parts, n], var [num_parts, n]); var is biased.
-    Equal parts (the training batch's three) go through as one [parts, rows, n] array.
+    Args:
+        x: [B, n] (normalised per unit) or a map [B, H, W, C] (per channel, over the part's
+            rows and positions).
+        part_sizes: the parts' row counts, summing to B.
+        eps: added to the variance before the square root.
+
+    Returns:
+        (normalised, like x; mean [num_parts, c]; var [num_parts, c]), c = n or C; var is
+        biased.
     """
+    if x.ndim > 2:  # [B H W, C]: example b owns rows b H W .. (b + 1) H W - 1
+        positions = math.prod(x.shape[1:-1])
+        y, mean, var = _normalize_parts(x.reshape(-1, x.shape[-1]),
+                                        [size * positions for size in part_sizes], eps)
+        return y.reshape(x.shape), mean, var
+    return _normalize_parts(x, part_sizes, eps)
+
+
+def _normalize_parts(
+    x: jax.Array, part_sizes: Sequence[int], eps: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """batch_normalize of x [B, n]. Equal parts (the training batch's three) go through as
+    one [parts, rows, n] array."""
     num_parts, width = len(part_sizes), x.shape[1]
     if num_parts == 1:
         y, mean, var = _normalize_rows(x, eps)
@@ -95,8 +191,8 @@ def _row_statistics(x: jax.Array, eps: float):
 
 
 # The backward pass is written out: the usual batch-norm gradient in two column reductions,
-# where autodiff of the forward pass emits over twice as many operations (BUILD_NOTES.md,
-# "Training step", has the measured effect). tests/test_model.py checks it against autodiff.
+# fewer operations than autodiff of the forward pass emits. tests/test_model.py checks it
+# against autodiff.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _normalize_rows(x: jax.Array, eps: float) -> tuple[jax.Array, jax.Array, jax.Array]:
     """x [..., rows, n] normalised over its rows -> (normalised, mean [..., n], var [..., n])."""

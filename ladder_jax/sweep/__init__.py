@@ -1,24 +1,30 @@
 """Sweeps: a grid of runs (grid.py), running it (run.py) and reporting it (report.py).
 
     cells = build_grid(["full", "baseline"], [100, 1000, "all"], [0, 1], epochs=10)
+    table = build_table(["full_100:0-4", "full_1000"], [0, 1, 2])  # full_100 with 5 seeds
     outcome = run_sweep(cells, "runs/label_sweep", run_group=run_cells_as_replicas,
                         report=lambda results, final: write_outputs(results, "runs/label_sweep",
                                                                     plot=final))
 """
 
 from ladder_jax.sweep.grid import (
+                                   MAX_ROW_SEEDS,
                                    Cell,
                                    build_grid,
                                    build_table,
                                    preset_families,
                                    preset_for,
                                    split_preset,
+                                   split_row,
 )
 from ladder_jax.sweep.report import (
-                                   PAPER_FULL_LADDER,
-                                   aggregate,
+                                   LAST_EVALUATIONS,
+                                   RowStats,
+                                   SeedFigures,
+                                   Stat,
                                    read_csv,
                                    row_stats,
+                                   seed_figures,
                                    summary_markdown,
                                    table_markdown,
                                    write_outputs,

@@ -5,12 +5,15 @@ names a model setting; the preset ``<family>_<labels>`` is the paper's setting f
 count. A label sweep (``build_grid``) crosses families x label counts x seeds, taking the
 family's preset for a label count where the paper gives one and the family's 100-label
 preset otherwise; a table (``build_table``) lists presets x seeds, each at its own label
-count. Cells whose configs differ only in their seed have the same shape and train together.
+count, with seeds of its own where a row names them ('full_100:0-4'). Cells whose configs
+differ only in their seed (equal ``Cell.row_key``) are the seeds of one row of a report and
+train together.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,8 +67,9 @@ class Cell:
         return f"{self.preset}_labels{self.num_labels}_seed{self.seed}"
 
     @property
-    def shape_key(self) -> TrainConfig:
-        """Cells with equal keys differ only in their seed (they can train as replicas)."""
+    def row_key(self) -> TrainConfig:
+        """The config less its seed: cells with equal keys are the seeds of one row (of a
+        sweep or a table) and train as replicas in one program."""
         return self.config.replace(seed=0)
 
 
@@ -113,17 +117,60 @@ def split_preset(name: str) -> tuple[str, int | str]:
     return family, config_lib.parse_num_labels(labels)
 
 
+#: The most seeds one row of a table may name (a slip such as 0-99999 builds no such grid).
+MAX_ROW_SEEDS = 1000
+
+
+def split_row(spec: str) -> tuple[str, list[int] | None]:
+    """A table row as ``--rows`` names it: its preset and its own seeds, or None (the
+    table's seeds).
+
+    'full_100' -> ('full_100', None); 'full_100:0-4' -> ('full_100', [0, 1, 2, 3, 4]);
+    'gamma_100:0+2+5' -> ('gamma_100', [0, 2, 5]): seeds are whole numbers S or ranges A-B
+    (A <= B, both included) joined by '+'. Raises ConfigError (one line) for anything else
+    or more than MAX_ROW_SEEDS seeds.
+    """
+    name, colon, text = spec.partition(":")
+    if not colon:
+        return name.strip(), None
+    seeds: list[int] = []
+    for part in text.split("+"):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part, re.ASCII)
+        if m is None or int(m.group(1)) > int(m.group(2) or m.group(1)):
+            raise ConfigError(f"row {spec!r}: seeds must be whole numbers or ranges A-B "
+                              "(A <= B) joined by '+', e.g. full_100:0-4 or full_100:0+2")
+        first, last = int(m.group(1)), int(m.group(2) or m.group(1))
+        if len(seeds) + last - first + 1 > MAX_ROW_SEEDS:
+            raise ConfigError(f"row {spec!r} names more than {MAX_ROW_SEEDS} seeds")
+        seeds += range(first, last + 1)
+    return name.strip(), list(dict.fromkeys(seeds))
+
+
 def build_table(rows: Sequence[str], seeds: Sequence[int], **train_changes: Any) -> list[Cell]:
-    """The cells of a results table: every preset in ``rows`` x ``seeds``, each at the
-    preset's own label count and settings, ``train_changes`` (TrainConfig fields) applied.
-    Cells are named as a label sweep names them, so the two share finished runs."""
-    if not rows or not seeds:
-        raise ConfigError("a table needs at least one row and one seed")
+    """The cells of a results table, rows in order, each row's seeds in order.
+
+    ``rows`` are presets, each at its own label count and settings, optionally with seeds
+    of their own ('full_100:0-4', see ``split_row``); a row without them takes ``seeds``.
+    A preset named twice gets the seeds of both. ``train_changes`` (TrainConfig fields)
+    apply to every cell. Cells are named as a label sweep names them
+    (``<family>_labels<N>_seed<S>``), so the two share finished runs. Raises ConfigError
+    for an unknown preset or bad seeds, before anything runs.
+    """
+    if not rows:
+        raise ConfigError("a table needs at least one row")
+    row_seeds: dict[str, list[int]] = {}
+    for spec in rows:
+        name, own = split_row(spec)
+        config_lib.preset(name)  # ConfigError naming the valid presets
+        row_seeds.setdefault(name, [])
+        row_seeds[name] += [int(s) for s in (seeds if own is None else own)]
     cells = []
-    for name in dict.fromkeys(rows):
+    for name, its_seeds in row_seeds.items():
+        if not its_seeds:
+            raise ConfigError(f"row {name} has no seeds; give --seeds or {name}:0-4")
         base = config_lib.preset(name)
         family, _ = split_preset(name)
-        for seed in dict.fromkeys(int(s) for s in seeds):
+        for seed in dict.fromkeys(its_seeds):
             cfg = base.replace(seed=seed, **train_changes)
             cells.append(Cell(family, cfg.num_labels, seed, cfg, name))
     return cells

@@ -1,6 +1,13 @@
-"""Reporting a sweep: results.csv, summary.md (mean ± sample std over seeds, beside the
-published figures) and plots, all written atomically so an interrupted sweep still leaves
-readable files.
+"""Reporting a sweep or a table: results.csv, summary.md and a plot, all written atomically so
+an interrupted sweep still leaves readable files.
+
+Both reports give the same figures (the protocol their summary.md states): per seed the final
+test error (the headline), the median test error over its last LAST_EVALUATIONS evaluations
+and, with a validation split, the test error at the evaluation of lowest validation error;
+per row (a sweep's label count x family, a table's preset: cells that differ only in their
+seed) each as mean ± sample std over the finished seeds, with n. ``row_stats`` computes
+them for both. The dataset, its test-set size
+and the published figures shown are those of the cells actually run.
 """
 
 from __future__ import annotations
@@ -9,44 +16,222 @@ import csv
 import dataclasses
 import os
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 from absl import logging
 
-from ladder_jax.sweep.grid import Cell
+from ladder_jax import files
+from ladder_jax.references import PUBLISHED, Published, published_for
+from ladder_jax.sweep.grid import Cell, split_preset
 from ladder_jax.sweep.run import FAILED, FINISHED, PENDING, CellResult
 from ladder_jax.train import workdir as wd
 
 RESULTS_CSV = "results.csv"
 SUMMARY_MD = "summary.md"
 PLOT_PNG = "label_efficiency.png"
-CSV_COLUMNS = ("preset", "num_labels", "seed", "status", "test_error", "steps", "wall_time_s",
-               "workdir", "error")
-ALL_LABELS_X = 60_000  # where num_labels='all' sits on the plot's x axis
+CURVES_PNG = "test_error_curves.png"
+#: How many of a run's last evaluations the median figure takes.
+LAST_EVALUATIONS = 10
+#: Error columns are fractions (as in results.json and metrics.jsonl), '' when not known.
+CSV_COLUMNS = ("preset", "num_labels", "seed", "status", "dataset", "test_size", "test_error",
+               "test_error_median_last10", "test_error_at_best_val", "evaluations", "steps",
+               "wall_time_s", "workdir", "error")
+#: How the reports name the datasets of ladder_jax.datasets (others by their own name).
+DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 
-#: Published test errors (%) of the full ladder, permutation-invariant MNIST (Rasmus et al.
-#: 2015, Table 1), keyed by label count.
-PAPER_FULL_LADDER = {100: 1.06, 1000: 0.84, "all": 0.57}
+
+# ----------------------------------------------------------------------------- statistics
 
 
-def _label_x(n: int | str) -> float:
-    return ALL_LABELS_X if n == "all" else float(n)
+@dataclasses.dataclass(frozen=True)
+class SeedFigures:
+    """One finished cell's figures, as fractions: its final test error, the median test
+    error over its last LAST_EVALUATIONS evaluations (all of them when it has fewer), the
+    test error at the first evaluation of lowest validation error (None without a
+    validation split), and how many evaluations its metrics hold."""
+
+    final: float
+    median_last: float | None
+    at_best_val: float | None
+    evaluations: int
+
+
+def seed_figures(result: CellResult) -> SeedFigures:
+    """The figures of a finished cell: the final error from its results, the others from the
+    evaluations in its metrics.jsonl up to its final step."""
+    evals = [r for r in wd.read_metrics(result.workdir) if "test_error" in r
+             and (result.steps is None or r["step"] <= result.steps)]
+    last = [r["test_error"] for r in evals[-LAST_EVALUATIONS:]]
+    validated = [r for r in evals if "val_error" in r]
+    best = min(validated, key=lambda r: r["val_error"]) if validated else None  # the first
+    return SeedFigures(result.test_error, statistics.median(last) if last else None,
+                       None if best is None else best["test_error"], len(evals))
+
+
+@dataclasses.dataclass(frozen=True)
+class Stat:
+    """One figure (test error %) over a row's seeds: mean and sample std (ddof=1; None for
+    fewer than 2 values) over the n seeds that have it."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, fractions: Sequence[float | None]) -> Stat:
+        values = [100 * v for v in fractions if v is not None]
+        return cls(statistics.fmean(values) if values else None,
+                   statistics.stdev(values) if len(values) > 1 else None, len(values))
+
+    def text(self) -> str:
+        """'1.23 ± 0.45', '1.23 ± -' (one seed) or '-' (none)."""
+        if self.mean is None:
+            return "-"
+        return f"{self.mean:.2f} ± {'-' if self.std is None else f'{self.std:.2f}'}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RowStats:
+    """A row's finished seeds (seed order) with their figures, its failed cells, and each
+    figure over the seeds."""
+
+    seeds: list[tuple[CellResult, SeedFigures]]
+    failed: int
+    cells: int  # finished, failed and pending
+    final: Stat
+    median_last: Stat
+    at_best_val: Stat
+
+    @property
+    def n(self) -> int:
+        """Finished seeds."""
+        return len(self.seeds)
+
+
+def row_stats(results: Sequence[CellResult],
+              row_of: Callable[[Cell], Hashable]) -> dict[Hashable, RowStats]:
+    """{row: RowStats} in first-seen order, a row being the cells of equal ``row_of(cell)``
+    (a sweep: (num_labels, preset); a table: the preset)."""
+    rows: dict[Hashable, list[CellResult]] = {}
+    for r in results:
+        rows.setdefault(row_of(r.cell), []).append(r)
+    out = {}
+    for row, mine in rows.items():
+        seeds = [(r, seed_figures(r)) for r in sorted(mine, key=lambda r: r.cell.seed)
+                 if r.status == FINISHED]
+        out[row] = RowStats(seeds=seeds, failed=sum(r.status == FAILED for r in mine),
+                            cells=len(mine), final=Stat.of([f.final for _, f in seeds]),
+                            median_last=Stat.of([f.median_last for _, f in seeds]),
+                            at_best_val=Stat.of([f.at_best_val for _, f in seeds]))
+    return out
+
+
+# ----------------------------------------------------------------------------- shared parts
+
+
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.2f}"
+
+
+def _dataset_title(name: str) -> str:
+    return DATASET_TITLES.get(name, name)
+
+
+def _data_lines(results: Sequence[CellResult]) -> list[str]:
+    """'Dataset: Fashion-MNIST (`fashion_mnist`), 10,000 test images ...', from the cells'
+    configs and the sizes their results carry."""
+    seen = dict.fromkeys((r.cell.config.dataset, r.test_size, r.train_size) for r in results)
+    parts = []
+    for name, test_size, train_size in seen:
+        if test_size is None:
+            sizes = "test-set size unknown (the dataset could not be read)"
+        else:
+            sizes = f"{test_size:,} test images (every error is over all of them)"
+            if train_size is not None:
+                sizes += f", {train_size:,} training images"
+        parts.append(f"{_dataset_title(name)} (`{name}`), {sizes}")
+    return [("Dataset: " if len(parts) == 1 else "Datasets: ") + "; ".join(parts) + ".", ""]
+
+
+def _protocol_lines(with_validation: bool) -> list[str]:
+    """What each figure is."""
+    best = ("the test error at the evaluation of lowest validation error (the first such "
+            "evaluation)" + ("" if with_validation else
+                             "; '-' here: no run holds out a validation split "
+                             "(--num_validation=0)"))
+    return [
+        "Protocol (test error in %):",
+        "",
+        ("- **final**: the test error of the model at the end of its run (the headline "
+         "figure)."),
+        (f"- **median last {LAST_EVALUATIONS}**: the median of the test errors at the run's "
+         f"last {LAST_EVALUATIONS} evaluations (all of them when it had fewer; a run "
+         "evaluates every --eval_every epochs and at its end)."),
+        f"- **at best val**: {best}.",
+        ("- Each figure is computed per seed, then given per row as mean ± sample standard "
+         "deviation (ddof=1; '± -' for a single seed) over the n finished seeds."),
+        "",
+    ]
+
+
+def _published_text(figure: Published) -> str:
+    """'1.06 ± 0.37 (Rasmus 2015 Table 1)', or '1.00 (source)' without a std."""
+    std = "" if figure.std is None else f" ± {figure.std:.2f}"
+    return f"{figure.mean:.2f}{std} ({figure.source})"
+
+
+def _has_validation(stats: Mapping[Hashable, RowStats]) -> bool:
+    return any(s.at_best_val.n for s in stats.values())
+
+
+def _per_seed_lines(stats: Mapping[Hashable, RowStats], row_label: Callable[[Cell], str],
+                    with_validation: bool) -> list[str]:
+    """A table of every finished seed's figures, rows in order, seeds in seed order."""
+    lines = ["Per seed:", "",
+             f"| row | seed | final | median last {LAST_EVALUATIONS} | "
+             + ("at best val | " if with_validation else "") + "evaluations | steps |",
+             "|---|---|---|---|" + ("---|" if with_validation else "") + "---|---|"]
+    for row in stats.values():
+        for r, f in row.seeds:
+            best = f" {_percent(f.at_best_val)} |" if with_validation else ""
+            lines.append(f"| {row_label(r.cell)} | {r.cell.seed} | {_percent(f.final)} | "
+                         f"{_percent(f.median_last)} |{best} {f.evaluations} | {r.steps} |")
+    return lines + [""]
+
+
+def _failed_lines(results: Sequence[CellResult]) -> list[str]:
+    failed = [r for r in results if r.status == FAILED]
+    if not failed:
+        return []
+    return ["Failed cells:", "", *[f"- `{r.cell.name}`: {r.error}" for r in failed], ""]
+
+
+def _command_lines(command: str | None) -> list[str]:
+    return ["Command:", "", "```", command, "```", ""] if command else []
+
+
+def _text(value: float | None) -> str:
+    """A CSV field: '' for None, else the value's repr (floats exactly)."""
+    return "" if value is None else repr(value)
 
 
 def write_csv(results: Sequence[CellResult], path: str) -> None:
-    """results.csv: a row per cell (test_error as a fraction, '' when not finished)."""
+    """results.csv: a row per cell with its figures (CSV_COLUMNS)."""
     def write(f):
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         for r in results:
+            figures = seed_figures(r) if r.status == FINISHED else None
+            median, best, evaluations = (None, None, None) if figures is None else (
+                figures.median_last, figures.at_best_val, figures.evaluations)
             writer.writerow([
                 r.cell.preset, r.cell.num_labels, r.cell.seed, r.status,
-                "" if r.test_error is None else repr(r.test_error),
-                "" if r.steps is None else r.steps,
+                r.cell.config.dataset, _text(r.test_size), _text(r.test_error),
+                _text(median), _text(best), _text(evaluations), _text(r.steps),
                 "" if r.wall_time_s is None else f"{r.wall_time_s:.1f}",
                 r.workdir, r.error or "",
             ])
-    wd.write_file_atomic(path, write)
+    files.write_file_atomic(path, write)
 
 
 def read_csv(path: str) -> list[dict[str, str]]:
@@ -55,62 +240,69 @@ def read_csv(path: str) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@dataclasses.dataclass(frozen=True)
-class Stat:
-    """Test error % over the finished seeds of one (label count, preset) entry."""
-
-    mean: float | None
-    std: float | None  # sample std (ddof=1); None when fewer than 2 seeds finished
-    n: int
-    failed: int
-
-    def format(self) -> str:
-        if self.n == 0:
-            text = "-"
-        else:
-            std = "-" if self.std is None else f"{self.std:.2f}"
-            text = f"{self.mean:.2f} ± {std}"
-        extra = f", {self.failed} failed" if self.failed else ""
-        return f"{text} (n={self.n}{extra})"
+# ----------------------------------------------------------------------------- label sweep
 
 
-def aggregate(results: Sequence[CellResult]) -> tuple[list[int | str], list[str],
-                                                      dict[tuple[int | str, str], Stat]]:
-    """(label counts ascending, presets in order, {(labels, preset): Stat}) in percent."""
-    labels = sorted(dict.fromkeys(r.cell.num_labels for r in results), key=_label_x)
-    presets = list(dict.fromkeys(r.cell.preset for r in results))
-    stats = {}
+def _sweep_row(cell: Cell) -> tuple[int | str, str]:
+    return cell.num_labels, cell.preset
+
+
+def _sorted_labels(results: Sequence[CellResult]) -> list[int | str]:
+    """The label counts of the cells, ascending, 'all' last."""
+    return sorted(dict.fromkeys(r.cell.num_labels for r in results),
+                  key=lambda n: (n == "all", 0 if n == "all" else n))
+
+
+def _sweep_published(results: Sequence[CellResult]) -> dict[tuple[int | str, str], Published]:
+    """{(labels, family): published figure} for the sweep's families on its dataset, at
+    every label count a figure is published for."""
+    families = dict.fromkeys(r.cell.preset for r in results)
+    datasets = dict.fromkeys(r.cell.config.dataset for r in results)
+    out = {}
+    for preset in PUBLISHED:
+        family, labels = split_preset(preset)
+        found = [f for f in (published_for(preset, d) for d in datasets) if f is not None]
+        if family in families and found:
+            out[(labels, family)] = found[0]
+    return out
+
+
+def _grid_lines(stats: Mapping[Hashable, RowStats], labels: Sequence[int | str],
+                presets: Sequence[str], figure: str) -> list[str]:
+    """One labels x presets table of ``figure`` ('final', 'median_last', 'at_best_val')."""
+    lines = ["| labels | " + " | ".join(presets) + " |", "|---|" + "---|" * len(presets)]
     for n in labels:
+        texts = []
         for p in presets:
-            mine = [r for r in results if r.cell.num_labels == n and r.cell.preset == p]
-            errors = [100 * r.test_error for r in mine if r.status == FINISHED]
-            failed = sum(r.status == FAILED for r in mine)
-            if not mine:
+            s = stats.get((n, p))
+            if s is None:
+                texts.append("")
                 continue
-            stats[(n, p)] = Stat(
-                statistics.fmean(errors) if errors else None,
-                statistics.stdev(errors) if len(errors) > 1 else None,
-                len(errors), failed)
-    return labels, presets, stats
+            stat = getattr(s, figure)
+            failed = f", {s.failed} failed" if s.failed else ""
+            texts.append(f"{stat.text()} (n={stat.n}{failed})")
+        lines.append(f"| {n} | " + " | ".join(texts) + " |")
+    return lines + [""]
 
 
 def summary_markdown(results: Sequence[CellResult], command: str | None = None) -> str:
-    """summary.md: test error % (mean ± sample std over seeds, n) per label count x preset."""
-    labels, presets, stats = aggregate(results)
-    lines = ["# Label-efficiency sweep", "",
-             ("Test error (%) on the 10,000 MNIST test images: mean ± sample standard deviation "
-              "(ddof=1; '-' for a single seed) over n finished seeds."), ""]
-    lines.append("| labels | " + " | ".join(presets) + " |")
-    lines.append("|---|" + "---|" * len(presets))
-    for n in labels:
-        row = [stats[(n, p)].format() if (n, p) in stats else "" for p in presets]
-        lines.append(f"| {n} | " + " | ".join(row) + " |")
-    failed = [r for r in results if r.status == FAILED]
-    lines += [""] + _pending_lines(results, lambda c: f"{c.preset} at {c.num_labels} labels")
-    if failed:
-        lines += ["Failed cells:", ""]
-        lines += [f"- `{r.cell.name}`: {r.error}" for r in failed]
-        lines += [""]
+    """summary.md of a label sweep: the dataset and the protocol, then per figure a table
+    label count x preset family (mean ± sample std, n), each seed's figures, progress and
+    failures, and the published figures for that dataset."""
+    stats = row_stats(results, _sweep_row)
+    labels = _sorted_labels(results)
+    presets = list(dict.fromkeys(r.cell.preset for r in results))
+    with_val = _has_validation(stats)
+    lines = ["# Label-efficiency sweep", "", *_data_lines(results), *_protocol_lines(with_val),
+             "Final test error (%):", "", *_grid_lines(stats, labels, presets, "final"),
+             f"Median over the last {LAST_EVALUATIONS} evaluations (%):", "",
+             *_grid_lines(stats, labels, presets, "median_last")]
+    if with_val:
+        lines += ["At the lowest validation error (%):", "",
+                  *_grid_lines(stats, labels, presets, "at_best_val")]
+    lines += _per_seed_lines(stats, lambda c: f"{c.preset} @ {c.num_labels}", with_val)
+    lines += _pending_lines(results, lambda c: f"{c.preset} at {c.num_labels} labels")
+    lines += _failed_lines(results)
     presets_used = dict.fromkeys(f"{r.cell.preset}@{r.cell.num_labels} -> {r.cell.source_preset}"
                                  for r in results)
     steps = sorted({r.steps for r in results if r.steps is not None})
@@ -122,19 +314,30 @@ def summary_markdown(results: Sequence[CellResult], command: str | None = None) 
         (f"Training steps per cell: {', '.join(map(str, steps)) or '-'}; training wall time "
          f"summed over cells: {train_time / 60:.1f} min."),
         "",
-        "Published full-ladder errors (Rasmus et al. 2015): "
-        + ", ".join(f"{n} labels {e:.2f}%" for n, e in PAPER_FULL_LADDER.items()) + ".",
-        "",
     ]
-    if command:
-        lines += ["Command:", "", "```", command, "```", ""]
+    published = _sweep_published(results)
+    if published:
+        lines += ["Published test errors (%) for this dataset (the papers' full schedules): "
+                  + "; ".join(f"{p} at {n} labels: {_published_text(f)}"
+                              for (n, p), f in published.items()) + ".", ""]
+    else:
+        lines += ["Published test errors: none for these families on this dataset.", ""]
+    lines += _command_lines(command)
     return "\n".join(lines)
+
+
+def _all_labels_x(results: Sequence[CellResult]) -> float:
+    """Where num_labels='all' sits on the plot's x axis: the labeled examples it means
+    (training images less the validation split), else ten times the largest count."""
+    for r in results:
+        if r.train_size is not None:
+            return float(r.train_size - r.cell.config.num_validation)
+    numbers = [r.cell.num_labels for r in results if r.cell.num_labels != "all"]
+    return 10.0 * max(numbers, default=100)
 
 
 def _curve(workdir: str) -> dict[float, float]:
     """{epoch: test error %} of a run's evaluated epochs (empty if it has none yet)."""
-    from ladder_jax.train import workdir as wd
-
     return {r["epoch"]: 100 * r["test_error"] for r in wd.read_metrics(workdir)
             if "test_error" in r}
 
@@ -193,40 +396,55 @@ def _save(plt, fig, path: str) -> None:
     """Writes ``fig`` as a PNG to ``path`` atomically, then closes it."""
     fig.tight_layout()
     try:
-        wd.write_file_atomic(path, lambda f: fig.savefig(f, format="png"), binary=True)
+        files.write_file_atomic(path, lambda f: fig.savefig(f, format="png"), binary=True)
     finally:
         plt.close(fig)
 
 
+def _plot_title(results: Sequence[CellResult]) -> str:
+    """'Permutation-invariant MNIST' (dense nets only) or the datasets' names."""
+    names = " / ".join(_dataset_title(d) for d in
+                       dict.fromkeys(r.cell.config.dataset for r in results))
+    dense = all(r.cell.config.model.family == "mlp" for r in results)
+    return f"Permutation-invariant {names}" if dense else names
+
+
 def plot_label_efficiency(results: Sequence[CellResult], path: str) -> bool:
     """label_efficiency.png: test error % vs labels (log x), mean ± std per preset, with the
-    paper's full-ladder points. Returns False (and logs how to install it) without matplotlib.
-    """
+    figures published for the sweep's families on its dataset. Returns False (and logs how
+    to install it) without matplotlib."""
     if not any(r.status == FINISHED for r in results):
         return False
     plt = _pyplot(path)
     if plt is None:
         return False
     import matplotlib.ticker
-    labels, presets, stats = aggregate(results)
+    stats = row_stats(results, _sweep_row)
+    labels = _sorted_labels(results)
+    presets = list(dict.fromkeys(r.cell.preset for r in results))
+    all_x = _all_labels_x(results)
+    label_x = lambda n: all_x if n == "all" else float(n)
+    published = _sweep_published(results)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     markers = "osD^v<>"
     offsets = [1.0, 1.07, 0.935, 1.14, 0.875]
     plotted = []
     for i, p in enumerate(presets):
-        pts = [(n, stats[(n, p)]) for n in labels if (n, p) in stats and stats[(n, p)].n]
+        pts = [(n, stats[(n, p)].final) for n in labels if (n, p) in stats and stats[(n, p)].n]
         if not pts:
             continue
-        xs = [_label_x(n) * offsets[i % len(offsets)] for n, _ in pts]
+        xs = [label_x(n) * offsets[i % len(offsets)] for n, _ in pts]
         ys = [s.mean for _, s in pts]
-        errs = [s.std or 0.0 for _, s in pts]
-        ax.errorbar(xs, ys, yerr=errs, marker=markers[i % len(markers)], capsize=3,
-                    label=p, linewidth=1.5, markersize=5)
+        bars = ax.errorbar(xs, ys, yerr=[s.std or 0.0 for _, s in pts],
+                           marker=markers[i % len(markers)], capsize=3, label=p,
+                           linewidth=1.5, markersize=5)
         plotted += ys
-    paper_x = [_label_x(n) for n in PAPER_FULL_LADDER]
-    ax.scatter(paper_x, list(PAPER_FULL_LADDER.values()), marker="*", s=140, color="black",
-               zorder=5, label="full ladder, Rasmus et al. 2015 (150 epochs)")
-    plotted += list(PAPER_FULL_LADDER.values())
+        paper = [(n, f.mean) for (n, family), f in published.items() if family == p]
+        if paper:
+            ax.scatter([label_x(n) for n, _ in paper], [e for _, e in paper], marker="*",
+                       s=140, color=bars.lines[0].get_color(), edgecolor="black", zorder=5,
+                       label=f"{p}, published (full schedule)")
+            plotted += [e for _, e in paper]
     ax.set_xscale("log")
     positive = [y for y in plotted if y > 0]
     if positive and max(positive) / min(positive) > 20:
@@ -234,15 +452,15 @@ def plot_label_efficiency(results: Sequence[CellResult], path: str) -> bool:
         low, high = min(positive) / 1.5, max(positive) * 1.5
         ax.set_yticks([t for t in (0.2, 0.5, 1, 2, 5, 10, 20, 50, 100) if low <= t <= high])
         ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    ticks = sorted({_label_x(n) for n in labels} | set(paper_x))
+    ticks = sorted({label_x(n) for n in labels} | {label_x(n) for n, _ in published})
     ax.set_xticks(ticks)
-    ax.set_xticklabels(["all\n(60k)" if t == ALL_LABELS_X else f"{int(t)}" for t in ticks])
+    ax.set_xticklabels([f"all\n({t / 1000:g}k)" if t == all_x else f"{int(t)}" for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("labeled examples")
     ax.set_ylabel("test error (%)")
     steps = {r.steps for r in results if r.status == FINISHED}
     subtitle = f"\n{steps.pop()} training steps per run" if len(steps) == 1 else ""
-    ax.set_title("Permutation-invariant MNIST: test error vs. labels" + subtitle)
+    ax.set_title(f"{_plot_title(results)}: test error vs. labels{subtitle}")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
     _save(plt, fig, path)
@@ -258,57 +476,53 @@ def write_outputs(results: Sequence[CellResult], sweep_dir: str, *, command: str
 
 # ----------------------------------------------------------------------------- results table
 
-CURVES_PNG = "test_error_curves.png"
+
+def _table_row(cell: Cell) -> str:
+    return cell.source_preset
 
 
-def row_stats(results: Sequence[CellResult]) -> dict[str, Stat]:
-    """{preset: Stat over its finished seeds} in table order (percent)."""
-    rows = list(dict.fromkeys(r.cell.source_preset for r in results))
-    out = {}
-    for row in rows:
-        mine = [r for r in results if r.cell.source_preset == row]
-        errors = [100 * r.test_error for r in mine if r.status == FINISHED]
-        out[row] = Stat(statistics.fmean(errors) if errors else None,
-                        statistics.stdev(errors) if len(errors) > 1 else None,
-                        len(errors), sum(r.status == FAILED for r in mine))
-    return out
-
-
-def table_markdown(results: Sequence[CellResult],
-                   paper: dict[str, tuple[float, float | None, str]],
+def table_markdown(results: Sequence[CellResult], paper: Mapping[str, Published],
                    command: str | None = None, title: str = "Results table") -> str:
-    """summary.md of a table: per row mean ± sample std (n) of the final test error, the
-    published figure (``paper``: row -> (mean, std or None, source)), our mean minus it and
-    each finished seed's error."""
-    lines = [f"# {title}", "",
-             ("Final test error (%): mean ± sample standard deviation (ddof=1) over n finished "
-              "seeds, beside the published figure (mean ± std where the paper gives one), and "
-              "each seed's error (seed: %)."), "",
-             "| row | ours | n | published | ours - published | steps | per seed |",
-             "|---|---|---|---|---|---|---|"]
-    for row, stat in row_stats(results).items():
-        ours = "-" if stat.mean is None else (
-            f"{stat.mean:.2f} ± {'-' if stat.std is None else f'{stat.std:.2f}'}")
-        published, diff = "-", "-"
-        if row in paper:
-            mean, std, source = paper[row]
-            published = (f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}")
-                         + f" ({source})")
-            if stat.mean is not None:
-                diff = f"{stat.mean - mean:+.2f}"
+    """summary.md of a table: the dataset and the protocol, then per row the figures (mean
+    ± sample std, n), the figure published for that row on that dataset (from ``paper``:
+    preset -> Published) and the final mean minus it, then each seed's figures, progress
+    and failures."""
+    stats = row_stats(results, _table_row)
+    with_val = _has_validation(stats)
+    datasets = {_table_row(r.cell): r.cell.config.dataset for r in results}
+    published = {row: published_for(row, datasets[row], paper) for row in stats}
+    shown = any(published.values())
+    lines = [f"# {title}", "", *_data_lines(results), *_protocol_lines(with_val),
+             ("n: the row's finished seeds ('k of m' while some of its m cells are pending "
+              "or failed)."), ""]
+    if shown:
+        lines += [("Published: the figure published for the row's preset on this dataset "
+                   "(mean ± std where the paper gives one); final - published: our final "
+                   "mean minus its mean."), ""]
+    else:
+        lines += ["Published test errors: none for these rows on this dataset.", ""]
+    head = ["row", "final", "n", f"median last {LAST_EVALUATIONS}"]
+    head += ["at best val"] if with_val else []
+    head += ["published", "final - published"] if shown else []
+    lines += ["| " + " | ".join(head + ["steps"]) + " |", "|" + "---|" * (len(head) + 1)]
+    for row, stat in stats.items():
+        n = f"{stat.n}" + ("" if stat.n == stat.cells else f" of {stat.cells}")
+        cells = [row, stat.final.text(), n + (f" ({stat.failed} failed)" if stat.failed else ""),
+                 stat.median_last.text()]
+        cells += [stat.at_best_val.text()] if with_val else []
+        if shown:
+            ref = published[row]
+            cells += ["-", "-"] if ref is None else [
+                _published_text(ref),
+                "-" if stat.final.mean is None else f"{stat.final.mean - ref.mean:+.2f}"]
         steps = sorted({r.steps for r in results
-                        if r.cell.source_preset == row and r.steps is not None})
-        failed = f" ({stat.failed} failed)" if stat.failed else ""
-        per_seed = ", ".join(f"{r.cell.seed}: {100 * r.test_error:.2f}" for r in sorted(
-            (r for r in results if r.cell.source_preset == row and r.status == FINISHED),
-            key=lambda r: r.cell.seed))
-        lines.append(f"| {row} | {ours} | {stat.n}{failed} | {published} | {diff} | "
-                     f"{', '.join(map(str, steps)) or '-'} | {per_seed or '-'} |")
-    lines += [""] + _pending_lines(results, lambda c: c.source_preset)
-    lines += [f"- `{r.cell.name}` failed: {r.error}" for r in results if r.status == FAILED]
-    if command:
-        lines += ["", "Command:", "", "```", command, "```"]
-    return "\n".join(lines) + "\n"
+                        if _table_row(r.cell) == row and r.steps is not None})
+        lines.append("| " + " | ".join(cells + [", ".join(map(str, steps)) or "-"]) + " |")
+    lines += [""] + _per_seed_lines(stats, _table_row, with_val)
+    lines += _pending_lines(results, _table_row)
+    lines += _failed_lines(results)
+    lines += _command_lines(command)
+    return "\n".join(lines)
 
 
 def plot_curves(results: Sequence[CellResult], path: str) -> bool:
@@ -316,8 +530,8 @@ def plot_curves(results: Sequence[CellResult], path: str) -> bool:
     and the min-max band, finished runs or not. Returns False when no run has evaluated an
     epoch yet, or (logging how to install it) without matplotlib."""
     rows = {}
-    for row in dict.fromkeys(r.cell.source_preset for r in results):
-        curves = [_curve(r.workdir) for r in results if r.cell.source_preset == row]
+    for row in dict.fromkeys(_table_row(r.cell) for r in results):
+        curves = [_curve(r.workdir) for r in results if _table_row(r.cell) == row]
         if any(curves):
             rows[row] = [c for c in curves if c]
     if not rows:
@@ -344,7 +558,8 @@ def plot_curves(results: Sequence[CellResult], path: str) -> bool:
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("epoch")
     ax.set_ylabel("test error (%)")
-    ax.set_title("Test error per epoch: median over seeds, min-max band")
+    ax.set_title(f"{_plot_title(results)}: test error per epoch\n"
+                 "median over seeds, min-max band")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     _save(plt, fig, path)
@@ -352,9 +567,8 @@ def plot_curves(results: Sequence[CellResult], path: str) -> bool:
 
 
 def write_table_outputs(results: Sequence[CellResult], sweep_dir: str,
-                        paper: dict[str, tuple[float, float | None, str]], *,
-                        command: str | None = None, plot: bool = True,
-                        title: str = "Results table") -> dict[str, str]:
+                        paper: Mapping[str, Published], *, command: str | None = None,
+                        plot: bool = True, title: str = "Results table") -> dict[str, str]:
     """Writes results.csv, summary.md (table_markdown) and, if ``plot``, the curves PNG."""
     return _write_all(results, sweep_dir, table_markdown(results, paper, command, title),
                       (CURVES_PNG, plot_curves) if plot else None)
@@ -368,7 +582,7 @@ def _write_all(results: Sequence[CellResult], sweep_dir: str, summary: str,
     paths = {"csv": os.path.join(sweep_dir, RESULTS_CSV),
              "summary": os.path.join(sweep_dir, SUMMARY_MD)}
     write_csv(results, paths["csv"])
-    wd.write_file_atomic(paths["summary"], lambda f: f.write(summary))
+    files.write_text_atomic(paths["summary"], summary)
     if plot is not None:
         name, draw = plot
         if draw(results, os.path.join(sweep_dir, name)):

@@ -1,6 +1,7 @@
-"""Running a sweep: every cell in its own workdir under one sweep directory, same-shape cells
-as one job of K models, finished cells skipped, failed cells recorded while the others go on,
-and progress over the whole grid (cells done / total, the running cell, an ETA).
+"""Running a sweep: every cell in its own workdir under one sweep directory, the seeds of one
+row (cells of equal ``Cell.row_key``) as one job of K models, finished cells skipped, failed
+cells recorded while the others go on, and progress over the whole grid (cells done / total,
+the running cell, an ETA).
 """
 
 from __future__ import annotations
@@ -25,16 +26,21 @@ FINISHED, FAILED, PENDING = "finished", "failed", "pending"
 @dataclasses.dataclass(frozen=True)
 class CellResult:
     """What became of a cell. test_error is a fraction (as in results.json); ``ran`` says
-    whether this sweep called train_and_evaluate for it (False: skipped as finished)."""
+    whether this sweep called train_and_evaluate for it (False: skipped as finished).
+    test_size and train_size are the image counts of the dataset's test and training sets
+    (None when the sweep could not read the dataset)."""
 
     cell: Cell
     workdir: str
     status: str  # 'finished', 'failed' or 'pending'
+    _: dataclasses.KW_ONLY
     test_error: float | None = None
     steps: int | None = None
     wall_time_s: float | None = None
     error: str | None = None
     ran: bool = False
+    test_size: int | None = None
+    train_size: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +61,7 @@ class SweepResult:
         return [r.cell.name for r in self.results if r.ran]
 
 
-#: Trains a group of same-shape cells (given with their workdirs) on the loaded data and
+#: Trains a group of cells of one row_key (given with their workdirs) on the loaded data and
 #: returns one CellResult per cell, in order. It should record a failing cell as failed and
 #: go on; if it raises, run_sweep records every cell of the group as failed.
 RunGroup = Callable[[Sequence[tuple[Cell, str]], datasets.Dataset], list[CellResult]]
@@ -127,7 +133,7 @@ def run_cells_sequentially(cells: Sequence[tuple[Cell, str]],
 
 def run_cells_as_replicas(cells: Sequence[tuple[Cell, str]],
                           dataset: datasets.Dataset) -> list[CellResult]:
-    """A RunGroup that trains same-shape cells as replicas in ONE compiled program.
+    """A RunGroup that trains the cells of one row_key as replicas in ONE compiled program.
 
     Each cell still writes config.json/metrics.jsonl/results.json into its own workdir; the
     group's stacked checkpoint lives in <sweep_dir>/groups/<hash of the member names>, so
@@ -159,10 +165,11 @@ def run_sweep(cells: Sequence[Cell], sweep_dir: str, *, dataset: datasets.Datase
     every group of cells and at the end.
 
     Finished cells (results.json of the same run) are skipped; the data is loaded once
-    (from the first cell's dataset/source, unless ``dataset`` is given, and only if some
-    cell needs training) and shared by all cells. Same-shape cells go to ``run_group``
-    together (default: one after another). Returns every cell's result; failed cells are
-    in ``.failed``. Raises DataError only when the data cannot be loaded at all.
+    (from the first cell's dataset/source, unless ``dataset`` is given) and shared by all
+    cells; every result carries its test- and training-set sizes. Cells of one row_key go to
+    ``run_group`` together (default: one after another). Returns every cell's result;
+    failed cells are in ``.failed``. Raises DataError only when cells need training and
+    the data cannot be loaded at all.
     """
     start = time.time()
     os.makedirs(sweep_dir, exist_ok=True)
@@ -172,11 +179,11 @@ def run_sweep(cells: Sequence[Cell], sweep_dir: str, *, dataset: datasets.Datase
     if len(set(names)) != len(names):
         raise ConfigError("two cells of the sweep share a workdir name; drop the duplicates")
     results, groups = _pending_groups(cells, sweep_dir)
-    current = lambda: [results[c.name] for c in cells]
+    if dataset is None:
+        dataset = _load_data(cells[0], required=bool(groups))
+    current = lambda: [_with_sizes(results[c.name], dataset) for c in cells]
     report(current(), False)
     progress = _GridProgress(len(cells), len(cells) - sum(len(g) for g in groups.values()))
-    if groups and dataset is None:
-        dataset = train.load_dataset(cells[0].config)
     for group in groups.values():
         progress.starting(group)
         for r in _run_group_safely(run_group, group, dataset):
@@ -194,7 +201,8 @@ def run_sweep(cells: Sequence[Cell], sweep_dir: str, *, dataset: datasets.Datase
 def report_sweep(cells: Sequence[Cell], sweep_dir: str, report: Report) -> SweepResult:
     """Writes ``report``'s outputs (plots included) for what ``sweep_dir`` holds now and
     trains nothing: finished cells with their results, the others pending with the progress
-    in their metrics. Safe beside the sweep running there (every output is written
+    in their metrics. The dataset is read (from its cache) only for the sizes of its test
+    and training sets. Safe beside the sweep running there (every output is written
     atomically; that sweep rewrites them after its next group)."""
     start = time.time()
     if not os.path.isdir(sweep_dir):
@@ -204,12 +212,35 @@ def report_sweep(cells: Sequence[Cell], sweep_dir: str, report: Report) -> Sweep
     for group in groups.values():
         for cell, workdir in group:
             _check_workdir(cell, workdir)  # another run's progress is not this cell's
-    final = [results[c.name] for c in cells]
+    dataset = _load_data(cells[0], required=False) if cells else None
+    final = [_with_sizes(results[c.name], dataset) for c in cells]
     return SweepResult(final, report(final, True), time.time() - start)
 
 
+def _load_data(cell: Cell, required: bool) -> datasets.Dataset | None:
+    """The dataset ``cell`` names. When it cannot be loaded: DataError if ``required``
+    (cells need training), else None with a warning (the report then names no sizes)."""
+    try:
+        return train.load_dataset(cell.config)
+    except (datasets.DataError, OSError) as e:
+        if required:
+            raise
+        logging.warning("the dataset %s could not be read (%s); the report gives no "
+                        "test-set size", cell.config.dataset,
+                        (str(e).splitlines() or [type(e).__name__])[0])
+        return None
+
+
+def _with_sizes(result: CellResult, dataset: datasets.Dataset | None) -> CellResult:
+    """``result`` with the test- and training-set sizes of ``dataset`` (kept if None)."""
+    if dataset is None:
+        return result
+    return dataclasses.replace(result, test_size=len(dataset.test_labels),
+                               train_size=len(dataset.train_labels))
+
+
 def _pending_groups(cells: Sequence[Cell], sweep_dir: str):
-    """({name: result so far}, {shape: [(cell, workdir)] still to train})."""
+    """({name: result so far}, {row_key: [(cell, workdir)] still to train})."""
     results: dict[str, CellResult] = {}
     groups: dict[object, list[tuple[Cell, str]]] = {}
     for cell in cells:
@@ -221,7 +252,7 @@ def _pending_groups(cells: Sequence[Cell], sweep_dir: str):
                          100 * done.test_error)
         else:
             results[cell.name] = CellResult(cell, workdir, PENDING)
-            groups.setdefault(cell.shape_key, []).append((cell, workdir))
+            groups.setdefault(cell.row_key, []).append((cell, workdir))
     return results, groups
 
 

@@ -91,7 +91,7 @@ def _population_stats_one_batch(params, cfg, images, rows, preprocessing):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layer", "start", "keep"))
-def _batch_moments(params, cfg, known, x, preprocessing, layer, start, keep):
+def _batch_moments(params, cfg, known, x, preprocessing, *, layer, start, keep):
     """Batch mean and (biased) variance of zpre_layer over ``x``, the layers below
     normalised with ``known`` population statistics, and h[layer - 1] where ``keep``.
 

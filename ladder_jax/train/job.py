@@ -1,8 +1,7 @@
 """A job: K >= 1 models of one shape (configs that differ only in seed and label count),
 trained together by one compiled program over one device-resident copy of the data.
 
-With K = 1 the state is a plain TrainState and the program has no vmap (a single run is
-bit-identical to what it always was); with K > 1 every leaf of the state carries a leading
+With K = 1 the state is a plain TrainState and the program has no vmap; with K > 1 every leaf of the state carries a leading
 model axis and the step is vmapped over it. Each model draws its batches, noise and labeled
 set from its own seed exactly as a single run would.
 """
@@ -21,18 +20,17 @@ import numpy as np
 import optax
 
 from ladder_jax import datasets, models, parallel, platform
-from ladder_jax.config import ConfigError, TrainConfig
+from ladder_jax.config import PER_MODEL_FIELDS, TrainConfig
 from ladder_jax.datasets import rows as rows_lib
+from ladder_jax.errors import ConfigError, TrainingDiverged
 from ladder_jax.train import evaluate as eval_lib
 from ladder_jax.train import step as step_lib
-from ladder_jax.train.state import Schedule, TrainingDiverged, TrainState, init_state
-
-# Fields that may differ between the models of one job.
-PER_MODEL_FIELDS = ("seed", "num_labels")
+from ladder_jax.train.state import Schedule, TrainState, init_state
 
 
-def shape_key(cfg: TrainConfig) -> str:
-    """Equal for configs that can train in one job: every field but seed and num_labels."""
+def job_key(cfg: TrainConfig) -> str:
+    """Equal for configs that can train in one job: every field but config.PER_MODEL_FIELDS
+    (seed and num_labels)."""
     d = cfg.to_dict()
     for name in PER_MODEL_FIELDS:
         d.pop(name)
@@ -45,14 +43,15 @@ def model_name(cfg: TrainConfig) -> str:
 
 
 def check_models(cfgs: Sequence[TrainConfig]) -> None:
-    """Raises ConfigError unless ``cfgs`` can train as one job (see ``shape_key``)."""
+    """Raises ConfigError unless ``cfgs`` can train as one job (see ``job_key``)."""
     if not cfgs:
         raise ConfigError("a job needs at least one config")
     first = cfgs[0].to_dict()
     for cfg in cfgs[1:]:
-        if shape_key(cfg) != shape_key(cfgs[0]):
+        if job_key(cfg) != job_key(cfgs[0]):
             other = cfg.to_dict()
-            fields = sorted(k for k in first if k not in PER_MODEL_FIELDS and first[k] != other[k])
+            fields = sorted(k for k in first | other if k not in PER_MODEL_FIELDS
+                            and first.get(k) != other.get(k))
             raise ConfigError(f"models of one job may differ only in "
                               f"{' and '.join(PER_MODEL_FIELDS)}; {model_name(cfg)} also "
                               f"differs in {', '.join(fields)}")
@@ -62,17 +61,40 @@ def check_models(cfgs: Sequence[TrainConfig]) -> None:
         raise ConfigError(f"the job lists {', '.join(dupes)} more than once")
 
 
+def _input_fix(cfg: TrainConfig, dataset: datasets.Dataset) -> str:
+    """How to make the model's input and top layer fit ``dataset``: flags to give."""
+    image, classes = tuple(dataset.image_shape), dataset.num_classes
+    if cfg.model.family == "mlp":
+        sizes = (math.prod(image), *cfg.model.layer_sizes[1:-1], classes)
+        return f"use --layer_sizes={','.join(map(str, sizes))} (model layer_sizes)"
+    fixes = []
+    if tuple(cfg.model.layer_shapes[0]) != image:
+        fixes.append(f"set the model's input_shape to {image} (the runners set it from "
+                     "--dataset)")
+    if cfg.model.num_classes != classes:
+        fixes.append(f"give --conv_layers whose top layer has {classes} units (e.g. ending "
+                     f"in fc:{classes})")
+    return " and ".join(fixes)
+
+
 def check_fits(cfg: TrainConfig, dataset: datasets.Dataset) -> None:
-    """ConfigError (one line) when the model or batch sizes do not fit the dataset."""
+    """ConfigError (one line, naming the fix) when the model, the batch sizes or the label
+    count do not fit the dataset: the model's input is not H*W*C (mlp) or H x W x C (conv),
+    its top layer not one unit per class, or a class has fewer training examples than the
+    class-balanced labeled set takes of it (num_labels / classes)."""
     shapes = cfg.model.layer_shapes
     image = tuple(dataset.image_shape)
-    if math.prod(shapes[0]) != math.prod(image) or (len(shapes[0]) > 1 and shapes[0] != image):
-        raise ConfigError(f"{dataset.name} images are {'x'.join(map(str, image))} but the "
-                          f"model's input is {'x'.join(map(str, shapes[0]))}; set the input "
-                          f"to {'x'.join(map(str, image))}")
-    if cfg.model.num_classes != dataset.num_classes:
-        raise ConfigError(f"{dataset.name} has {dataset.num_classes} classes but the model's "
-                          f"top layer has {cfg.model.num_classes} units")
+    fits_input = math.prod(shapes[0]) == math.prod(image) and (
+        len(shapes[0]) == 1 or tuple(shapes[0]) == image)
+    if not fits_input or cfg.model.num_classes != dataset.num_classes:
+        what = []
+        if not fits_input:
+            what.append(f"its images are {'x'.join(map(str, image))} ({math.prod(image)} "
+                        f"values) but the model's input is {'x'.join(map(str, shapes[0]))}")
+        if cfg.model.num_classes != dataset.num_classes:
+            what.append(f"it has {dataset.num_classes} classes but the model's top layer has "
+                        f"{cfg.model.num_classes} units")
+        raise ConfigError(f"{dataset.name}: {' and '.join(what)}; {_input_fix(cfg, dataset)}")
     available = len(dataset.train_labels) - cfg.num_validation
     if cfg.num_validation >= len(dataset.train_labels):
         raise ConfigError(f"num_validation={cfg.num_validation} leaves no training images "
@@ -82,6 +104,16 @@ def check_fits(cfg: TrainConfig, dataset: datasets.Dataset) -> None:
                           f"{available} unlabeled training images; use at most {available}")
     if cfg.epochs * (available // cfg.unlabeled_batch_size) >= 2**31 - 1:
         raise ConfigError(f"epochs={cfg.epochs} gives more than 2**31 steps; use fewer epochs")
+    if isinstance(cfg.num_labels, int):
+        counts = np.bincount(np.asarray(dataset.train_labels), minlength=dataset.num_classes)
+        need, fewest = cfg.num_labels // dataset.num_classes, int(np.argmin(counts))
+        if counts[fewest] < need:
+            most = int(counts[fewest]) * dataset.num_classes
+            fix = f"use --num_labels={most} or fewer" if most else "give it training examples"
+            raise ConfigError(
+                f"num_labels={cfg.num_labels} takes {need} labeled examples of each class but "
+                f"{dataset.name} has {counts[fewest]} of class {fewest} "
+                f"({dataset.class_names[fewest]!r}); {fix}")
 
 
 @dataclasses.dataclass
@@ -118,19 +150,24 @@ class Job:
 
 
 def load_dataset(cfg: TrainConfig) -> datasets.Dataset:
-    """The dataset a config names, from its source."""
-    return datasets.load(cfg.dataset, cfg.data_source, data_dir=cfg.data_dir)
+    """The dataset a config names, from its source (a user dataset from its path, TFDS
+    builder and splits)."""
+    return datasets.load(cfg.dataset, cfg.data_source, data_dir=cfg.data_dir,
+                         tfds_splits=cfg.tfds_splits)
 
 
 def build_job(cfgs: Sequence[TrainConfig], dataset: datasets.Dataset | None = None, *,
               mesh: Any = None) -> Job:
-    """Loads the data (unless given), picks every model's rows, compiles the chunk."""
+    """Loads the data (unless given), picks every model's rows, compiles the chunk. The job's
+    cfgs record the data (datasets.bind: a user dataset's name and content hash)."""
     platform.setup()  # idempotent: the runners did it at start-up; notebooks get it here
     cfgs = list(cfgs)
     check_models(cfgs)
+    dataset = load_dataset(cfgs[0]) if dataset is None else dataset
+    cfgs = [datasets.bind(c, dataset) for c in cfgs]  # a user dataset's name and hash
+    for c in cfgs:
+        check_fits(c, dataset)
     cfg = cfgs[0]
-    dataset = load_dataset(cfg) if dataset is None else dataset
-    check_fits(cfg, dataset)
     labels = np.asarray(dataset.train_labels, np.int32)
     local = step_lib.DeviceData(jnp.asarray(dataset.train_images, jnp.uint8),
                                 jnp.asarray(labels), dataset.preprocessing)
@@ -150,13 +187,14 @@ def build_job(cfgs: Sequence[TrainConfig], dataset: datasets.Dataset | None = No
         noise_keys, key_impl = jax.random.key_data(stacked), str(jax.random.key_impl(stacked))
         if mesh is not None:
             noise_keys = parallel.to_global(noise_keys, parallel.replica_sharded(mesh))
-    optimizer, chunk = step_lib.make_chunk(cfg.model, cfg.lr, cfg.decay_start, cfg.epochs,
-                                           schedule.total_steps, len(cfgs), key_impl, mesh)
+    optimizer, chunk = step_lib.make_chunk(cfg, schedule.total_steps, num_models=len(cfgs),
+                                           key_impl=key_impl, mesh=mesh)
     return Job(cfgs, dataset, data, local, model_rows, schedule, optimizer, noise_keys, chunk,
                mesh)
 
 
-def _stack(trees: Sequence[Any]) -> Any:
+def stack(trees: Sequence[Any]) -> Any:
+    """Trees of one structure stacked on a new leading (model) axis."""
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
 
@@ -171,7 +209,7 @@ def place(job: Job, tree: Any) -> Any:
 
 def combine(job: Job, trees: Sequence[Any]) -> Any:
     """Per-model trees -> the job's layout (stacked when K > 1), placed."""
-    return place(job, _stack(trees) if job.stacked else trees[0])
+    return place(job, stack(trees) if job.stacked else trees[0])
 
 
 def split(job: Job, tree: Any) -> list[Any]:
@@ -188,12 +226,6 @@ def init_job_state(job: Job) -> TrainState:
     return combine(job, [init_state(c, job.optimizer) for c in job.cfgs])
 
 
-def current_step(job: Job, state: TrainState) -> int:
-    """The (common) step of every model."""
-    step = parallel.to_host(state.step)
-    return int(step[0] if job.stacked else step)
-
-
 def batch_rows(job: Job, first_step: int, num_steps: int) -> tuple[Any, Any]:
     """Labeled and unlabeled rows of steps first_step .. + num_steps, per model as its
     single run draws them: [num_steps, B] (K = 1) or [K, num_steps, B]."""
@@ -207,7 +239,7 @@ def batch_rows(job: Job, first_step: int, num_steps: int) -> tuple[Any, Any]:
             unlabeled.append(rows_lib.index_stream(
                 rows_lib.stream_key(cfg.seed, rows_lib.UNLABELED_STREAM), r.unlabeled, step,
                 batch=cfg.unlabeled_batch_size, num_steps=num_steps))
-    if not job.stacked:  # as a single run always did: default-device rows, also on a mesh
+    if not job.stacked:  # default-device rows, also on a mesh
         return labeled[0], (unlabeled[0] if unlabeled else None)
     if job.mesh is None:
         return jnp.stack(labeled), (jnp.stack(unlabeled) if unlabeled else None)
@@ -215,12 +247,21 @@ def batch_rows(job: Job, first_step: int, num_steps: int) -> tuple[Any, Any]:
             place(job, np.stack(unlabeled)) if unlabeled else None)
 
 
-def run_steps(job: Job, state: TrainState, num_steps: int) -> tuple[TrainState, np.ndarray]:
+def current_step(job: Job, state: TrainState) -> int:
+    """The (common) step of every model, read from the device."""
+    step = parallel.to_host(state.step)
+    return int(step[0] if job.stacked else step)
+
+
+def run_steps(job: Job, state: TrainState, num_steps: int, *, first_step: int | None = None
+              ) -> tuple[TrainState, np.ndarray]:
     """``num_steps`` steps of every model; the new state and losses [K, num_steps].
 
-    Raises TrainingDiverged naming the model and the first step whose loss is not finite.
+    ``first_step`` is the state's step when the caller knows it (the loop keeps it on the
+    host); otherwise it is read from the device. Raises TrainingDiverged naming the model
+    and the first step whose loss is not finite.
     """
-    first = current_step(job, state)
+    first = current_step(job, state) if first_step is None else first_step
     labeled, unlabeled = batch_rows(job, first, num_steps)
     state, step_losses = job.chunk(state, job.data, labeled, unlabeled, job.noise_keys)
     step_losses = np.asarray(parallel.to_host(step_losses)).reshape(job.num_models, num_steps)

@@ -1,35 +1,40 @@
-"""THE training loop: a job of K >= 1 models, trained chunk by chunk, with a metrics line per
-epoch, evaluations, checkpoints and results.json per model.
+"""The training loop: a job of K >= 1 models (train.job) trained chunk by chunk, with a
+metrics record per epoch, evaluations, checkpoints, and at the end each model's
+results.json. ``train_models`` reads top to bottom; the run's state lives in ``_Run``.
 
 Layout: each model writes config.json, metrics.jsonl and results.json into its run
 directory; the job's checkpoints (one orbax checkpoint of the whole, possibly stacked,
-state) live in its state directory. A single run uses one directory for both. A group of
-K > 1 models also writes its configs to <state dir>/replicas.json (the resume check).
+state) live in its state directory. A single run uses one directory for both; a group's
+directory protocol is in train.workdir.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
+import importlib.metadata
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 import jax
 from absl import logging
 
-from ladder_jax import datasets, models, parallel
-from ladder_jax.config import ConfigError, TrainConfig
+from ladder_jax import datasets, files, models, parallel
+from ladder_jax.config import TrainConfig
+from ladder_jax.errors import CheckpointError, ConfigError
 from ladder_jax.train import evaluate as eval_lib
+from ladder_jax.train import interrupt, restore
 from ladder_jax.train import job as job_lib
+from ladder_jax.train import progress as progress_lib
 from ladder_jax.train import workdir as wd
 from ladder_jax.train.state import TrainState, learning_rate_schedule, reset_metrics
 
-GROUP_FILE, MEMBER_FILE = wd.GROUP_FILE, wd.MEMBER_FILE
-
 #: progress(step, end_step), called after every compiled call.
 Progress = Callable[[int, int], None]
+
+#: Seconds between two progress lines.
+PROGRESS_EVERY_S = 5.0
 
 
 class RunResult(NamedTuple):
@@ -84,42 +89,209 @@ def train_models(cfgs: Sequence[TrainConfig], state_dir: str, run_dirs: Sequence
     Writes, per model, run_dirs[i]/config.json, metrics.jsonl (a record per epoch: step,
     epoch, lr, each cost, train error, test error when evaluated, steps/s, wall time) and at
     the end results.json; the job's checkpoints go to state_dir/checkpoints. Running it
-    again resumes from the newest intact checkpoint, or returns the stored results. Raises
-    ConfigError for directories holding another run (unless ``restart``) and
-    TrainingDiverged when a loss becomes NaN/inf (the last checkpoint stays). ``reference``
-    (epoch -> test error) is printed beside each evaluation; ``progress(step, end_step)`` is
-    called after every compiled call (e.g. a notebook's progress bar).
+    again resumes from the newest intact checkpoint, or returns the stored results.
+
+    Args:
+      cfgs, state_dir, run_dirs: the models, where their checkpoints go, where each one's
+        files go.
+      restart: discard what the directories hold instead of refusing another run's files.
+      dataset: the data (default: loaded as cfgs[0] names it).
+      mesh: data/replica parallelism (ladder_jax.parallel).
+      reference: epoch -> test error, printed beside each evaluation.
+      progress: called as progress(step, end_step) after every compiled call.
+
+    Returns:
+      Each model's RunResult.
+
+    Raises:
+      ConfigError for directories holding another run (unless ``restart``),
+      TrainingDiverged when a loss becomes NaN/inf (the last checkpoint stays),
+      Interrupted after SIGINT/SIGTERM (train.interrupt: a checkpoint at the step reached).
     """
     cfgs, run_dirs = list(cfgs), list(run_dirs)
     if len(run_dirs) != len(cfgs) or len(set(map(os.path.abspath, run_dirs))) != len(cfgs):
         raise ConfigError(f"{len(cfgs)} models need {len(cfgs)} distinct run directories, "
                           f"got {run_dirs}")
     job = job_lib.build_job(cfgs, dataset, mesh=mesh)  # bad data fails before any file
-    _prepare(job, state_dir, run_dirs, restart)
-    checkpoints = wd.Checkpoints(state_dir, cfgs[0].keep_checkpoints)
-    writers = [wd.MetricsWriter(d) for d in run_dirs]
-    try:
-        state, bn_stats, latest = _restore_or_init(job, checkpoints)
-        records = [w.truncate_after(-1 if latest is None else latest) for w in writers]
-        clock = _Clock(records[0][-1]["wall_time_s"] if records[0] else 0.0,
-                       job_lib.current_step(job, state))
-        state, bn_stats = _loop(job, state, bn_stats, checkpoints, writers, records, clock,
-                                reference, progress)
-        checkpoints.wait()  # CheckpointError if the last save failed
-    except BaseException:
-        with contextlib.suppress(wd.CheckpointError):  # the error in flight says more
-            checkpoints.wait()
-        for w in writers:
-            with contextlib.suppress(OSError):  # e.g. the same full disk
-                w.close()
-        raise
-    finally:
+    cfgs = job.cfgs  # as they record the data: a user dataset's name and hash (datasets.bind)
+    wd.prepare_job_dirs(cfgs, state_dir, run_dirs, restart)
+    sched, cfg = job.schedule, cfgs[0]
+    with interrupt.handling(), _Run(job, state_dir, run_dirs, reference) as run:
+        while run.step < sched.end_step:
+            end = _chunk_end(run.step, sched, cfg)
+            run.train(end - run.step)
+            if progress is not None:
+                progress(end, sched.end_step)
+            at_end = end == sched.end_step
+            evaluate = at_end
+            if end % sched.steps_per_epoch == 0 or at_end:
+                evaluate = at_end or (end // sched.steps_per_epoch) % cfg.eval_every == 0
+                run.end_epoch(evaluate)
+            if evaluate or at_end or (cfg.checkpoint_every and end % cfg.checkpoint_every == 0):
+                run.save(fresh_stats=evaluate)
+            if interrupt.requested() is not None:
+                if run.saved_step != run.step:
+                    run.save(fresh_stats=False)
+                run.checkpoints.wait()
+                interrupt.raise_if_requested(run.step, saved=True)
+        run.checkpoints.wait()  # CheckpointError if the last save failed
+    return run.results()
+
+
+def _chunk_end(step: int, sched: Any, cfg: TrainConfig) -> int:
+    """Where the compiled call starting at ``step`` ends: at most steps_per_call steps, and
+    never past the epoch's end, the end step or the next checkpoint step."""
+    end = min((step // sched.steps_per_epoch + 1) * sched.steps_per_epoch, sched.end_step,
+              step + cfg.steps_per_call)
+    if cfg.checkpoint_every:
+        end = min(end, (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every)
+    return end
+
+
+class _Run:
+    """One job's training state on its way through the loop: the (possibly stacked) state
+    and each model's population statistics, the step (kept on the host), the metrics
+    records and writers, the checkpoints and the clock. A context manager: it restores or
+    initialises on entry and closes the checkpoints and writers on exit."""
+
+    def __init__(self, job: job_lib.Job, state_dir: str, run_dirs: list[str],
+                 reference: dict[int, float] | None):
+        self.job, self.state_dir, self.run_dirs, self.reference = job, state_dir, run_dirs, \
+            reference
+        self.checkpoints = wd.Checkpoints(state_dir, job.cfgs[0].keep_checkpoints)
+        self.writers = [wd.MetricsWriter(d) for d in run_dirs]
+
+    def __enter__(self) -> Self:
         try:
-            checkpoints.close()
+            self._restore_or_init()
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        if error is not None:
+            with contextlib.suppress(CheckpointError):  # the error in flight says more
+                self.checkpoints.wait()
+            for w in self.writers:
+                with contextlib.suppress(OSError):  # e.g. the same full disk
+                    w.close()
+        self._close()
+
+    def _close(self) -> None:
+        try:
+            self.checkpoints.close()
         finally:
-            for w in writers:
+            for w in self.writers:
                 w.close()
-    return _results(job, state, bn_stats, records, clock, state_dir, run_dirs)
+
+    def _restore_or_init(self) -> None:
+        job = self.job
+        initial = job_lib.place(job, restore.initial_item(job.cfgs, job.optimizer))
+        found = self.checkpoints.restore_newest_intact(initial)
+        if found is None:
+            item, self.step = initial, 0
+        else:
+            item, self.step = found
+            logging.info("resuming %s from the checkpoint at step %d",
+                         self.checkpoints.directory, self.step)
+        self.state = restore.as_state(item)
+        self.bn_stats = [eval_lib.tree_to_stats(t) for t in job_lib.split(job, item["bn_stats"])]
+        self.saved_step = None if found is None else self.step
+        latest = -1 if found is None else self.step
+        self.records = [w.truncate_after(latest) for w in self.writers]
+        elapsed = self.records[0][-1]["wall_time_s"] if self.records[0] else 0.0
+        self.clock = _Clock(elapsed, self.step)
+
+    def train(self, num_steps: int) -> None:
+        """``num_steps`` steps of every model, in one compiled call."""
+        t0 = time.time()
+        self.state, losses = job_lib.run_steps(self.job, self.state, num_steps,
+                                               first_step=self.step)
+        self.step += num_steps
+        self.clock.train_seconds += time.time() - t0
+        self.clock.steps += num_steps
+        if time.time() - self.clock.last_progress >= PROGRESS_EVERY_S \
+                or self.step == self.job.schedule.end_step:
+            progress_lib.log_progress(self.job, self.state, losses, step=self.step,
+                                      speed=self.clock.speed)
+            self.clock.last_progress = time.time()
+
+    def end_epoch(self, evaluate: bool) -> None:
+        """One metrics record per model for the epoch ending now (with test and validation
+        error and fresh population statistics when ``evaluate``); the running metrics reset."""
+        job, step = self.job, self.step
+        epoch = step / job.schedule.steps_per_epoch
+        lr = float(learning_rate_schedule(job.cfgs[0], job.schedule.total_steps)(step - 1))
+        per_model = job_lib.split(job, (self.state.metric_sums, self.state.metric_count))
+        params = job_lib.split(job, self.state.params) if evaluate else None
+        now = time.time()
+        for i, (sums, counts) in enumerate(per_model):
+            count = max(float(counts), 1.0)
+            record: dict[str, Any] = {"step": step, "epoch": round(epoch, 4), "lr": lr}
+            record.update({k: float(v) / count for k, v in sums.items()})
+            if evaluate:
+                self.bn_stats[i], errors = job_lib.evaluate_model(job, i, params[i])
+                record.update(errors)
+            record["steps_per_s"] = (step - self.clock.last_line_step) / max(
+                now - self.clock.last_line, 1e-9)
+            record["wall_time_s"] = self.clock.elapsed()
+            self.writers[i].write(record)
+            self.records[i].append(record)
+        self.clock.last_line, self.clock.last_line_step = time.time(), step
+        if evaluate:
+            progress_lib.log_evaluation(epoch, step, [r[-1] for r in self.records],
+                                        self.reference)
+        self.state = reset_metrics(self.state)
+
+    def save(self, fresh_stats: bool) -> None:
+        """A checkpoint at the current step. It carries population statistics of its own
+        parameters: those of the evaluation just made (``fresh_stats``), else computed now."""
+        job = self.job
+        if not fresh_stats:
+            params = job_lib.split(job, self.state.params)
+            self.bn_stats = [job_lib.evaluate_model(job, i, p, stats_only=True)[0]
+                             for i, p in enumerate(params)]
+        stats = job_lib.combine(job, [eval_lib.stats_to_tree(s) for s in self.bn_stats])
+        self.checkpoints.save(self.step, restore.checkpoint_item(self.state, stats))
+        self.saved_step = self.step
+
+    def results(self) -> list[RunResult]:
+        """Each model's results.json (or the stored one when nothing was trained now)."""
+        job, sched = self.job, self.job.schedule
+        states = job_lib.split(job, self.state)
+        out = []
+        for i, cfg in enumerate(job.cfgs):
+            records = self.records[i]
+            # nothing trained now: the stored results, or (missing or damaged) written again
+            results = wd.read_results(self.run_dirs[i]) if self.clock.steps == 0 else None
+            if results is None:
+                final = records[-1] if records else {}
+                if "test_error" not in final:
+                    self.bn_stats[i], final = job_lib.evaluate_model(job, i, states[i].params)
+                results = {
+                    "final_test_error": final["test_error"],
+                    "final_val_error": final.get("val_error"),
+                    "step": self.step,
+                    "epochs": self.step / sched.steps_per_epoch,
+                    "wall_time_s": records[-1]["wall_time_s"] if records else 0.0,
+                    "steps_per_s": self.clock.speed or None,
+                    "num_labels": cfg.num_labels,
+                    "seed": cfg.seed,
+                    "dataset": cfg.dataset,
+                    **environment(),
+                }
+                if job.stacked:
+                    results.update(num_replicas=job.num_models, replica_group=self.state_dir)
+                if job.mesh is not None:
+                    results["mesh"] = parallel.describe(job.mesh)
+                if wd.is_writer():
+                    files.write_json_atomic(os.path.join(self.run_dirs[i], wd.RESULTS_FILE),
+                                         results)
+            out.append(RunResult(TrainState(*states[i]), self.bn_stats[i], results, records))
+        logging.info("final test error: %s", ", ".join(
+            f"{100 * r.results['final_test_error']:.2f}%" for r in out))
+        return out
 
 
 class _Clock:
@@ -134,281 +306,23 @@ class _Clock:
 
     @property
     def speed(self) -> float:
+        """Steps per second of the compiled calls so far (0 before the first)."""
         return self.steps / self.train_seconds if self.train_seconds else 0.0
 
-
-def _loop(job, state, bn_stats, checkpoints, writers, records, clock, reference, progress):
-    """Chunks until the end step; returns the final state and population statistics."""
-    sched, cfg = job.schedule, job.cfgs[0]
-    while (step := job_lib.current_step(job, state)) < sched.end_step:
-        end = min((step // sched.steps_per_epoch + 1) * sched.steps_per_epoch,
-                  sched.end_step, step + cfg.steps_per_call)
-        if cfg.checkpoint_every:
-            end = min(end, (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every)
-        t0 = time.time()
-        state, losses = job_lib.run_steps(job, state, end - step)
-        clock.train_seconds += time.time() - t0
-        clock.steps += end - step
-        if progress is not None:
-            progress(end, sched.end_step)
-        if time.time() - clock.last_progress >= 5.0 or end == sched.end_step:
-            _log_progress(job, state, losses, clock.speed)
-            clock.last_progress = time.time()
-        at_end = end == sched.end_step
-        evaluated = False
-        if end % sched.steps_per_epoch == 0 or at_end:
-            epoch = end / sched.steps_per_epoch
-            evaluated = at_end or int(epoch) % cfg.eval_every == 0
-            bn_stats = _write_records(job, state, end, evaluated, bn_stats, writers, records,
-                                      clock, reference)
-            state = reset_metrics(state)
-        if evaluated or at_end or (cfg.checkpoint_every and end % cfg.checkpoint_every == 0):
-            if not evaluated:  # a checkpoint carries statistics of its own parameters
-                params = job_lib.split(job, state.params)
-                bn_stats = [job_lib.evaluate_model(job, i, p, stats_only=True)[0]
-                            for i, p in enumerate(params)]
-            checkpoints.save(end, _checkpoint_item(job, state, bn_stats))
-    return state, bn_stats
+    def elapsed(self) -> float:
+        """Wall time of the run over all its processes' lives so far."""
+        return self.elapsed_before + time.time() - self.start
 
 
-def _checkpoint_item(job: job_lib.Job, state: TrainState, bn_stats) -> dict[str, Any]:
-    return {"state": state,
-            "bn_stats": job_lib.combine(job, [eval_lib.stats_to_tree(s) for s in bn_stats])}
-
-
-def _restore_or_init(job: job_lib.Job, checkpoints: wd.Checkpoints):
-    """(state, per-model population statistics, restored step or None)."""
-    state = job_lib.init_job_state(job)
-    bn_stats = [eval_lib.empty_stats(c.model) for c in job.cfgs]
-    found = checkpoints.restore_newest_intact(_checkpoint_item(job, state, bn_stats))
-    if found is None:
-        return state, bn_stats, None
-    restored, step = found
-    state = restored["state"]
-    if isinstance(state, dict):
-        state = TrainState(**state)
-    bn_stats = [eval_lib.tree_to_stats(t) for t in job_lib.split(job, restored["bn_stats"])]
-    logging.info("resuming %s from the checkpoint at step %d", checkpoints.directory, step)
-    return state, bn_stats, step
-
-
-def _write_records(job, state, step, evaluate, bn_stats, writers, records, clock, reference):
-    """One metrics record per model for the epoch ending at ``step`` (with test and
-    validation error when ``evaluate``); returns the models' population statistics."""
-    sched = job.schedule
-    epoch = step / sched.steps_per_epoch
-    lr = float(learning_rate_schedule(job.cfgs[0], sched.total_steps)(step - 1))
-    per_model = job_lib.split(job, (state.metric_sums, state.metric_count))
-    params = job_lib.split(job, state.params) if evaluate else None
-    bn_stats = list(bn_stats)
-    now = time.time()
-    for i, (sums, counts) in enumerate(per_model):
-        count = max(float(counts), 1.0)
-        record: dict[str, Any] = {"step": step, "epoch": round(epoch, 4), "lr": lr}
-        record.update({k: float(v) / count for k, v in sums.items()})
-        if evaluate:
-            bn_stats[i], errors = job_lib.evaluate_model(job, i, params[i])
-            record.update(errors)
-        record["steps_per_s"] = (step - clock.last_line_step) / max(now - clock.last_line, 1e-9)
-        record["wall_time_s"] = clock.elapsed_before + time.time() - clock.start
-        writers[i].write(record)
-        records[i].append(record)
-    clock.last_line, clock.last_line_step = time.time(), step
-    if evaluate:
-        _log_evaluation(job, epoch, step, [r[-1] for r in records], reference)
-    return bn_stats
-
-
-def _log_evaluation(job, epoch, step, last, reference) -> None:
-    errors = ", ".join(f"{100 * r['test_error']:.2f}%" for r in last)
-    val = "" if "val_error" not in last[0] else ", validation error " + ", ".join(
-        f"{100 * r['val_error']:.2f}%" for r in last)
-    ref = ""
-    if reference:
-        known = [e for e in sorted(reference) if e <= epoch]
-        if known:
-            ref = f" (reference at epoch {known[-1]}: {reference[known[-1]]:.2f}%)"
-    logging.info("epoch %.2f step %d: test error %s%s%s", epoch, step, errors, val, ref)
-
-
-def _log_progress(job: job_lib.Job, state: TrainState, losses, speed: float) -> None:
-    """One progress line: epoch, step, running losses, speed and ETA."""
-    sched, step = job.schedule, job_lib.current_step(job, state)
-    eta = eta_string((sched.end_step - step) / speed if speed > 0 else math.inf)
-    epochs = job.cfgs[0].epochs
-    where = f"epoch {min(step // sched.steps_per_epoch + 1, epochs)}/{epochs} step " \
-            f"{step}/{sched.end_step}"
-    if job.stacked:
-        last = losses[:, -1]
-        logging.info("%d models: %s loss %.4f..%.4f %s per model ETA %s", job.num_models,
-                     where, float(last.min()), float(last.max()), speed_string(speed), eta)
-        return
-    sums, count = parallel.to_host((state.metric_sums, state.metric_count))
-    avg = {k: float(v) / max(float(count), 1.0) for k, v in sums.items()}
-    logging.info("%s loss %.4f (class %.4f, denoise %.4f) train_err %.2f%% %s ETA %s", where,
-                 avg["loss"], avg["class_cost"], avg["denoise_cost"], 100 * avg["train_error"],
-                 speed_string(speed), eta)
-
-
-def speed_string(steps_per_s: float) -> str:
-    """'12.3 steps/s', or '4.2 s/step' when slower than a step a second."""
-    if steps_per_s >= 1 or steps_per_s <= 0:
-        return f"{steps_per_s:.1f} steps/s"
-    return f"{1 / steps_per_s:.1f} s/step"
-
-
-def eta_string(seconds: float) -> str:
-    """'1h02m' / '3m05s' style duration."""
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def _prepare(job: job_lib.Job, state_dir: str, run_dirs: list[str], restart: bool) -> None:
-    """Each model's config.json and, when the checkpoints live apart from the run dirs (a
-    group), the group's replicas.json and in each run dir a pointer to it (replica.json);
-    a run dir that once pointed to a group and now trains on its own loses the pointer."""
-    apart = any(os.path.abspath(d) != os.path.abspath(state_dir) for d in run_dirs)
-    if apart:
-        _check_group_dir(job, state_dir, restart)
-    for cfg, run_dir in zip(job.cfgs, run_dirs):
-        wd.prepare(run_dir, cfg, restart)
-        member = os.path.join(run_dir, MEMBER_FILE)
-        if not apart and wd.is_writer() and os.path.exists(member):
-            os.remove(member)  # once in a group, now trained on its own: load_run reads here
-    if apart and wd.is_writer():
-        wd.write_json_atomic(os.path.join(state_dir, GROUP_FILE),
-                             [c.to_dict() for c in job.cfgs])
-        for index, run_dir in enumerate(run_dirs):
-            wd.write_json_atomic(os.path.join(run_dir, MEMBER_FILE),
-                                 {"group": os.path.abspath(state_dir), "index": index})
-
-
-def _check_group_dir(job: job_lib.Job, state_dir: str, restart: bool) -> None:
-    """ConfigError if ``state_dir`` holds another group (unless ``restart``: then clear it)."""
-    try:
-        os.makedirs(state_dir, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ConfigError(f"{state_dir} is a file, not a directory") from None
-    path = os.path.join(state_dir, GROUP_FILE)
-    if os.path.exists(path) and not restart:
-        try:
-            existing = [TrainConfig.from_dict(d).identity() for d in wd.read_json(path)]
-        except (OSError, ValueError, TypeError, AttributeError):
-            existing = None
-        if existing != [c.identity() for c in job.cfgs]:
-            raise ConfigError(f"{state_dir} holds another group of models; pass --restart "
-                              "to discard it, or choose another directory")
-    if restart:
-        wd.clear(state_dir)
-
-
-def _results(job, state, bn_stats, records, clock, state_dir, run_dirs) -> list[RunResult]:
-    """Each model's results.json (or the stored one when nothing was trained now)."""
-    sched = job.schedule
-    final_step = job_lib.current_step(job, state)
-    states = job_lib.split(job, state)
-    out = []
-    for i, cfg in enumerate(job.cfgs):
-        path = os.path.join(run_dirs[i], wd.RESULTS_FILE)
-        # nothing trained now: the stored results, or (missing or damaged) written again
-        results = wd.read_results(run_dirs[i]) if clock.steps == 0 else None
-        if results is None:
-            final = records[i][-1] if records[i] else {}
-            if "test_error" not in final:
-                bn_stats[i], final = job_lib.evaluate_model(job, i, states[i].params)
-            results = {
-                "final_test_error": final["test_error"],
-                "final_val_error": final.get("val_error"),
-                "step": final_step,
-                "epochs": final_step / sched.steps_per_epoch,
-                "wall_time_s": records[i][-1]["wall_time_s"] if records[i] else 0.0,
-                "steps_per_s": clock.speed or None,
-                "num_labels": cfg.num_labels,
-                "seed": cfg.seed,
-                "dataset": cfg.dataset,
-                **_environment(),
-            }
-            if job.stacked:
-                results.update(num_replicas=job.num_models, replica_group=state_dir)
-            if job.mesh is not None:
-                results["mesh"] = parallel.describe(job.mesh)
-            if wd.is_writer():
-                wd.write_json_atomic(path, results)
-        out.append(RunResult(TrainState(*states[i]), bn_stats[i], results, records[i]))
-    logging.info("final test error: %s", ", ".join(
-        f"{100 * r.results['final_test_error']:.2f}%" for r in out))
-    return out
-
-
-def _environment() -> dict[str, Any]:
-    import importlib.metadata as md
-
+def environment() -> dict[str, Any]:
+    """The device, the process layout and the package versions (for results.json)."""
     versions = {}
     for pkg in ("jax", "jaxlib", "optax", "orbax-checkpoint", "numpy", "ladder_jax"):
         try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
             versions[pkg] = None
     device = jax.devices()[0]
     return {"device_kind": device.device_kind, "platform": device.platform,
             "num_devices": jax.device_count(), "num_processes": jax.process_count(),
             "versions": versions}
-
-
-def load_run(workdir: str, step: int | None = None
-             ) -> tuple[TrainConfig, TrainState, models.BnStats]:
-    """A run's config, train state and population statistics (default: the newest intact
-    checkpoint; the statistics are those of the checkpoint's own parameters). A member of a
-    group (a replica, a sweep cell) is read from its group's stacked checkpoint."""
-    from ladder_jax.train.state import init_state, make_optimizer
-
-    cfg = wd.read_config(workdir)
-    member_file = os.path.join(workdir, MEMBER_FILE)
-    if os.path.exists(member_file):
-        member = wd.read_json(member_file)
-        state_dir, index = member["group"], int(member["index"])
-        cfgs = [TrainConfig.from_dict(d) for d in wd.read_json(os.path.join(state_dir,
-                                                                           GROUP_FILE))]
-    else:
-        state_dir, index, cfgs = workdir, 0, [cfg]
-    stack = (lambda trees: jax.tree_util.tree_map(lambda *x: jax.numpy.stack(x), *trees)) \
-        if len(cfgs) > 1 else (lambda trees: trees[0])
-    target = {"state": stack([init_state(c, make_optimizer(c, 1)) for c in cfgs]),
-              "bn_stats": stack([eval_lib.stats_to_tree(eval_lib.empty_stats(c.model))
-                                 for c in cfgs])}
-    restored = _restore(state_dir, cfg.keep_checkpoints, target, step)
-    if len(cfgs) > 1:
-        restored = jax.tree_util.tree_map(lambda x: x[index], restored)
-    elif index != 0:
-        raise ConfigError(f"{member_file} names model {index} of a one-model group")
-    state = restored["state"]
-    if isinstance(state, dict):
-        state = TrainState(**state)
-    return cfg, state, eval_lib.tree_to_stats(restored["bn_stats"])
-
-
-def _restore(state_dir: str, keep: int, target: Any, step: int | None) -> Any:
-    checkpoints = wd.Checkpoints(state_dir, keep)
-    try:
-        if step is not None:
-            return checkpoints.restore(target, step)
-        found = checkpoints.restore_newest_intact(target)
-        if found is None:
-            raise ConfigError(f"no checkpoint in {state_dir}; train it first")
-        return found[0]
-    finally:
-        checkpoints.close()
-
-
-def predict_from_workdir(workdir: str, images) -> Any:
-    """Predicted classes (int [N]) for uint8 images [N, H, W, C], with a trained run's newest
-    model (and its dataset's preprocessing, e.g. CIFAR-10's whitening)."""
-    cfg, state, bn_stats = load_run(workdir)
-    preprocessing = None
-    if datasets.has_preprocessing(cfg.dataset):
-        preprocessing = job_lib.load_dataset(cfg).preprocessing
-    return eval_lib.predict(state.params, cfg.model, bn_stats, images, preprocessing)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from ladder_jax import losses, models, parallel
-from ladder_jax.config import ModelConfig
+from ladder_jax.config import ModelConfig, TrainConfig
 from ladder_jax.datasets import base as datasets_base
 from ladder_jax.train.state import TrainState, make_optimizer
 
@@ -37,8 +37,7 @@ def model_inputs(data: DeviceData, rows: jax.Array) -> jax.Array:
     return datasets_base.preprocess(data.images[rows], data.preprocessing)
 
 
-#: At most this many bytes of noise are drawn ahead (a paper MLP step needs 2.4 MB, a
-#: Conv-Small step 58 MB), and at most this many steps.
+#: At most this many bytes of noise are drawn ahead, and at most this many steps.
 NOISE_BLOCK_BYTES = 256 * 2**20
 NOISE_BLOCK_STEPS = 100
 
@@ -62,15 +61,22 @@ def noise_bytes_per_step(model_cfg: ModelConfig, noisy_rows: int) -> int:
 
 def train_steps(model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
                 state: TrainState, data: DeviceData, labeled_rows: jax.Array,
-                unlabeled_rows: jax.Array | None, noise_key: jax.Array, *,
+                unlabeled_rows: jax.Array | None, *, noise_key: jax.Array,
                 constrain_batch: Callable[[jax.Array], jax.Array] | None = None,
                 ) -> tuple[TrainState, jax.Array]:
     """One training step per row of the index arrays (traced inside jit; vmappable).
 
-    (state, data, labeled_rows [K, Nl_batch], unlabeled_rows [K, Nu_batch] or None,
-    noise_key) -> (state after K steps, per-step total loss [K]). The noise of step s is
-    drawn from fold_in(noise_key, s) (datasets.rows.noise_key(seed) for a run).
-    constrain_batch (data parallelism) pins each gathered batch's sharding.
+    Args:
+      model_cfg, optimizer: the model and its optimiser.
+      state, data: the state before the steps; the device-resident training set.
+      labeled_rows, unlabeled_rows: row indices [K, batch] of each step's labeled and
+        unlabeled batch (unlabeled None: a supervised model).
+      noise_key: the noise of step s is drawn from fold_in(noise_key, s)
+        (datasets.rows.noise_key(seed) for a run).
+      constrain_batch: pins each gathered batch's sharding (data parallelism).
+
+    Returns:
+      (state after the K steps, per-step total loss [K]).
     """
     pin = constrain_batch or (lambda x: x)
 
@@ -108,27 +114,26 @@ def train_steps(model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
     return state, block_losses.reshape(num_steps)
 
 
-def make_chunk(model_cfg: ModelConfig, lr: float, decay_start: float, epochs: int,
-               total_steps: int, num_models: int, key_impl: str | None, mesh: Any = None,
+def make_chunk(cfg: TrainConfig, total_steps: int, *, num_models: int = 1,
+               key_impl: str | None = None, mesh: Any = None,
                ) -> tuple[optax.GradientTransformation, Callable[..., Any]]:
-    """(optimizer, compiled chunk) for a job of ``num_models`` models of one shape.
+    """(optimizer, compiled chunk) for a job of ``num_models`` models shaped like ``cfg``.
 
     The chunk maps (state, data, labeled_rows, unlabeled_rows or None, noise key) to
-    (state, per-step losses). One model: rows [n, B], a PRNG key, losses [n] — compiled
-    without vmap, so a single run computes exactly what it always did. Several models:
-    everything stacked on a leading model axis (rows [K, n, B], key data [K, ...]), the
-    step vmapped over it. The noise key is an argument, so seeds share one program.
-    With a ``mesh`` (ladder_jax.parallel) batches split over 'data', models over 'replica'.
-    Cached on what the program depends on, so jobs of one shape reuse it.
+    (state, per-step losses). One model: rows [n, B], a PRNG key, losses [n], compiled
+    without vmap. Several models: everything stacked on a leading model axis (rows
+    [K, n, B], key data [K, ...] of the ``key_impl`` PRNG), the step vmapped over it. The
+    noise key is an argument, so seeds share one program. With a ``mesh``
+    (ladder_jax.parallel) batches split over 'data', models over 'replica'. Cached on what
+    the program depends on (the model and the schedule), so jobs of one shape reuse it.
     """
-    return _chunk(model_cfg, lr, decay_start, epochs, total_steps, num_models > 1, key_impl,
-                  mesh)
+    schedule = (cfg.lr, cfg.decay_start, cfg.epochs, total_steps)
+    return _chunk(cfg.model, schedule, num_models > 1, key_impl, mesh)
 
 
 @functools.lru_cache(maxsize=16)
-def _chunk(model_cfg, lr, decay_start, epochs, total_steps, stacked, key_impl, mesh):
-    from ladder_jax.config import TrainConfig
-
+def _chunk(model_cfg, schedule, stacked, key_impl, mesh):
+    lr, decay_start, epochs, total_steps = schedule
     schedule_cfg = TrainConfig(model=model_cfg, lr=lr, decay_start=decay_start, epochs=epochs)
     optimizer = make_optimizer(schedule_cfg, total_steps)
     constrain = None if mesh is None else parallel.batch_constraint(mesh)
@@ -137,7 +142,7 @@ def _chunk(model_cfg, lr, decay_start, epochs, total_steps, stacked, key_impl, m
         if stacked:  # keys travel as raw key data through vmap
             key = jax.random.wrap_key_data(key, impl=key_impl)
         return train_steps(model_cfg, optimizer, state, data, labeled_rows, unlabeled_rows,
-                           key, constrain_batch=constrain)
+                           noise_key=key, constrain_batch=constrain)
 
     if not stacked:
         fn, out = one_model, (None if mesh is None else parallel.replicated(mesh))

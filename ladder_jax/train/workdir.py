@@ -1,7 +1,7 @@
 """A run's directory: config.json, metrics.jsonl (+ TensorBoard events), orbax checkpoints and
 results.json. Every file is written so that a kill at any moment leaves it whole: JSON files
-by write-then-rename, metrics by appending whole lines (and trimming lines past the restored
-checkpoint on resume), checkpoints by orbax's atomic finalisation.
+by write-then-rename (ladder_jax.files), metrics by appending whole lines (and trimming lines
+past the restored checkpoint on resume), checkpoints by orbax's atomic finalisation.
 """
 
 from __future__ import annotations
@@ -10,10 +10,8 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
-from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 import jax
 import numpy as np
@@ -22,6 +20,7 @@ from absl import logging
 
 from ladder_jax.config import TrainConfig
 from ladder_jax.errors import CheckpointError, ConfigError
+from ladder_jax.files import with_filename, write_json_atomic, write_text_atomic
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -35,50 +34,6 @@ MEMBER_FILE = "replica.json"  # in a group member's run dir: where its checkpoin
 def is_writer() -> bool:
     """Only process 0 writes files other than checkpoints (orbax coordinates those)."""
     return jax.process_index() == 0
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Writes ``obj`` as JSON to ``path`` via a temporary file and os.replace."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` so that a kill or a full disk leaves the old file whole."""
-    write_file_atomic(path, lambda f: f.write(text))
-
-
-def write_file_atomic(path: str, write: Callable[[IO], Any], binary: bool = False) -> None:
-    """Calls ``write(f)`` on a temporary file beside ``path`` (text files with newline='':
-    the writer's own line ends), syncs it and renames it to ``path``; an OSError names
-    ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-",
-                               suffix=os.path.splitext(path)[1])
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise _naming(e, path) from e
-
-
-def _naming(e: BaseException, path: str) -> BaseException:
-    """``e``, or for an OSError of a file object (which names no file) one that names
-    ``path``: 'No space left on device' alone does not say which disk."""
-    if isinstance(e, OSError) and e.filename is None and e.errno is not None:
-        return OSError(e.errno, e.strerror, path)
-    return e
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_json(path: str) -> Any:
@@ -241,7 +196,7 @@ class MetricsWriter:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:
-            raise _naming(e, self.path) from e
+            raise with_filename(e, self.path) from e
         if self._tb is not None:
             from tensorboardX.proto.event_pb2 import Event
             from tensorboardX.proto.summary_pb2 import Summary
@@ -254,7 +209,7 @@ class MetricsWriter:
                                            summary=Summary(value=scalars)))
                 self._tb.flush()
             except OSError as e:
-                raise _naming(e, self._events_dir) from e
+                raise with_filename(e, self._events_dir) from e
 
     def close(self) -> None:
         tb, self._tb = self._tb, None
@@ -373,3 +328,62 @@ def to_python(value: Any) -> Any:
     if isinstance(value, np.generic | jax.Array):
         return value.item()
     return value
+
+
+# A group: K > 1 models trained as one job keep one (stacked) checkpoint in the group's
+# state directory, beside GROUP_FILE (their configs: the resume check); each model's run
+# directory holds its own files and MEMBER_FILE (where its checkpoints are).
+
+
+def prepare_job_dirs(cfgs: list[TrainConfig], state_dir: str, run_dirs: list[str],
+                     restart: bool) -> None:
+    """Each model's config.json (``prepare``) and, when the checkpoints live apart from the
+    run directories (a group), the group's GROUP_FILE and each member's MEMBER_FILE; a run
+    directory that once was a group member and now trains on its own loses MEMBER_FILE.
+    ConfigError for a state directory holding another group (unless ``restart``)."""
+    apart = any(os.path.abspath(d) != os.path.abspath(state_dir) for d in run_dirs)
+    if apart:
+        _check_group_dir(cfgs, state_dir, restart)
+    for cfg, run_dir in zip(cfgs, run_dirs):
+        prepare(run_dir, cfg, restart)
+        member = os.path.join(run_dir, MEMBER_FILE)
+        if not apart and is_writer() and os.path.exists(member):
+            os.remove(member)
+    if apart and is_writer():
+        write_json_atomic(os.path.join(state_dir, GROUP_FILE), [c.to_dict() for c in cfgs])
+        for index, run_dir in enumerate(run_dirs):
+            write_json_atomic(os.path.join(run_dir, MEMBER_FILE),
+                              {"group": os.path.abspath(state_dir), "index": index})
+
+
+def _check_group_dir(cfgs: list[TrainConfig], state_dir: str, restart: bool) -> None:
+    """ConfigError if ``state_dir`` holds another group (unless ``restart``: then clear it)."""
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"{state_dir} is a file, not a directory") from None
+    path = os.path.join(state_dir, GROUP_FILE)
+    if os.path.exists(path) and not restart:
+        try:
+            existing = [TrainConfig.from_dict(d).identity() for d in read_json(path)]
+        except (OSError, ValueError, TypeError, AttributeError):
+            existing = None
+        if existing != [c.identity() for c in cfgs]:
+            raise ConfigError(f"{state_dir} holds another group of models; pass --restart "
+                              "to discard it, or choose another directory")
+    if restart:
+        clear(state_dir)
+
+
+def checkpoint_location(run_dir: str) -> tuple[str, int, list[TrainConfig]]:
+    """Where a run's checkpoints are: (state directory, the model's index in it, the configs
+    of the job that wrote them). A group member points to its group (MEMBER_FILE)."""
+    member_file = os.path.join(run_dir, MEMBER_FILE)
+    if not os.path.exists(member_file):
+        return run_dir, 0, [read_config(run_dir)]
+    member = read_json(member_file)
+    state_dir, index = member["group"], int(member["index"])
+    cfgs = [TrainConfig.from_dict(d) for d in read_json(os.path.join(state_dir, GROUP_FILE))]
+    if not 0 <= index < len(cfgs):
+        raise ConfigError(f"{member_file} names model {index} of a {len(cfgs)}-model group")
+    return state_dir, index, cfgs
