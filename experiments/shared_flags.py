@@ -15,6 +15,7 @@ from typing import Any
 from absl import flags
 
 from ladder_jax import combinators, config, datasets
+from ladder_jax.datasets import splits
 
 FLAGS = flags.FLAGS
 
@@ -84,6 +85,9 @@ def define_data_flags(per_run: bool = True) -> None:
         _define("string", "num_labels", None, "Labeled examples, a multiple of the class "
                 "count, or 'all'.", DATA)
         _define("integer", "seed", 0, "Seed for label choice, init, data order and noise.", DATA)
+        _define("string", "splits", None, "A split manifest (a run's splits.json, or your own: "
+                "README 'Split manifests'): train on exactly its labeled and validation rows; "
+                "its counts replace --num_labels and --num_validation.", DATA)
 
 
 def define_schedule_flags() -> None:
@@ -252,6 +256,8 @@ def train_changes_from_flags() -> dict[str, Any]:
         changes["batch_size"] = changes["unlabeled_batch_size"] = _given("batch_size")
     if "tfds_splits" in changes:
         changes["tfds_splits"] = tuple(changes["tfds_splits"])
+    if "splits" in changes:
+        changes.update(splits.config_changes(changes["splits"]))
     user = _user_data(changes)
     if user is not None:
         changes["data_sha256"] = user.sha256

@@ -236,6 +236,10 @@ class TrainConfig:
     data_sha256: the content hash of a user dataset (datasets.bind fills it when the data is
         loaded or given; part of the identity, so a run never resumes on other data); None
         for the built-ins, whose loaders pin their data (if set, it is checked).
+    splits: a split manifest (datasets/splits.py) whose labeled and validation rows the run
+        trains on instead of drawing them from the seed; num_labels and num_validation are
+        then its list lengths (datasets.splits.apply sets all four); splits_sha256: the
+        file's sha256 when the run started (a changed file is refused).
     data_source: where a built-in dataset comes from (None: its default source); data_dir:
         the directory that source reads, if any (for tfds:NAME its TFDS data_dir).
     """
@@ -249,6 +253,8 @@ class TrainConfig:
     dataset: str = "mnist"
     tfds_splits: tuple[str, ...] | None = _user_data()
     data_sha256: str | None = _user_data()
+    splits: str | None = _user_data()
+    splits_sha256: str | None = _user_data()
     # The schedule.
     epochs: int = 150
     batch_size: int = 100
@@ -269,7 +275,7 @@ class TrainConfig:
         _check_fields(self, _TRAIN_RANGES)
         labels = parse_num_labels(self.num_labels)
         classes = self.model.num_classes
-        if isinstance(labels, int) and labels % classes:
+        if isinstance(labels, int) and labels % classes and self.splits is None:
             raise ConfigError(
                 f"num_labels={labels} is not divisible by {classes} classes; the labeled set "
                 f"is class-balanced, so pick a multiple of {classes}")

@@ -7,8 +7,8 @@ batch-norm statistics in ``nnx`` variables and computes with the library's own f
 ``ladder_jax.models.encode`` with ``bn_stats``, the clean pass ``models.predict_log_probs``
 and ``train.predict_from_workdir`` run. Nothing of the network is written again here.
 
-Variables of a ``LadderEncoder`` (their names follow the library's parameter pytree: the
-role, then the list index or layer key of the leaf, e.g. ``W_0`` or ``beta_4``):
+Variables of a ``LadderEncoder``, named by role and layer l = 1..L as in the paper (``W_1``
+is the first layer's weights in either family; a conv net's pooling layers have none):
 
 - ``W_*``, ``beta_*``, ``gamma``: the encoder's parameters, ``nnx.Param`` when built with
   ``trainable=True``, else ``FrozenParam`` (an ``nnx.Variable`` that is no ``nnx.Param``,
@@ -80,15 +80,19 @@ class PreprocessingConstant(nnx.Variable):
 
 
 def _leaf_name(path: tuple[Any, ...]) -> str:
-    """The attribute name of the parameter leaf at ``path`` (role, then index or key)."""
+    """The attribute name of the parameter leaf at ``path``: its role, then its layer l.
+
+    A family keeps per-layer parameters as a list over layers 1..L (mlp: W[l - 1] is W_l)
+    or as a dict keyed by layer number (conv); both give ``<role>_<l>``, e.g. ``W_1``.
+    """
     parts = []
     for key in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
+        if isinstance(key, jax.tree_util.SequenceKey):
+            parts.append(str(key.idx + 1))
+        elif isinstance(key, jax.tree_util.DictKey):
+            parts.append(str(key.key))
         else:
-            parts.append(str(key))
+            parts.append(str(key).strip(".[]'\""))
     return "_".join(parts)
 
 

@@ -3,8 +3,11 @@
 # absl-py, flax, matplotlib and pytest preinstalled and NO network. It installs nothing: it
 # runs from the source tree (PYTHONPATH=.) and writes everything under $OUT.
 #
-#   1. the devices;  2. the test files that exercise devices;  3. the benchmark of one model;
-#   4. replica throughput for K = 1, 8, 32 models in one program (model-steps/s);
+#   1. the devices;  2. the test files that exercise devices;  3. the benchmark of one model
+#      and the compiled call's memory on the device (experiments.measure.memory);
+#   4. replica throughput for K models in one program (model-steps/s): K = 1, a quarter of
+#      the most that fit and the most that fit (at most 128) the device's memory, by the
+#      CPU-compiled memory table docs/scale_out_memory.json (experiments.measure.memory);
 #   5. as many paper-table rows as fit in the time left: full_100 x 8 seeds first, then
 #      Fashion-MNIST, full ladder vs supervised baseline at 100 and 1000 labels; after each,
 #      its --report_only outputs (how far the unfinished rows got, the curves so far).
@@ -37,14 +40,14 @@ run() {
 if [ "${DEVICE_CHECK_TINY:-0}" = 1 ]; then
   tests=(tests/test_replicas.py -k group_rules)
   bench=(--steps_per_call=5 --repeats=1 --peak_size=128 --nomatmuls_alone)
-  replicas=(1 2); replica_steps=(--steps=10 --rounds=1 --steps_per_call=5 --nosolo)
+  max_replicas=2; replica_steps=(--steps=10 --rounds=1 --steps_per_call=5 --nosolo)
   table=(--epochs=1 --max_steps=10 --steps_per_call=5 --checkpoint_every=0)
   seeds=0,1; fashion_seeds=0,1; fashion_rows=full_100
 else
   tests=(tests/test_parallel.py tests/test_replicas.py tests/test_runner.py -k
          "not sigkill and not damaged and not extended")
   bench=(--nomatmuls_alone)
-  replicas=(1 8 32); replica_steps=(--steps=500 --rounds=1 --steps_per_call=500 --nosolo)
+  max_replicas=128; replica_steps=(--steps=500 --rounds=1 --steps_per_call=500 --nosolo)
   table=(--steps_per_call=600)
   seeds=0,1,2,3,4,5,6,7; fashion_seeds=0,1,2,3
   fashion_rows=full_100,baseline_100,full_1000,baseline_1000
@@ -55,6 +58,25 @@ run devices 60 "$python" -c "import jax; print(jax.__version__, jax.devices())"
 run tests 150 "$python" -m pytest -q -x -p no:cacheprovider "${tests[@]}"
 run benchmark 90 "$python" -m experiments.measure.benchmark "${bench[@]}" \
   --output="$OUT/benchmark.json"
+# The same memory account compiled on the device, beside the CPU-compiled table.
+run memory 60 "$python" -m experiments.measure.memory --presets=full_100 --replicas=1,2,4 \
+  --output="$OUT/memory.json"
+# K = 1, K_fit / 4, K_fit: K_fit from the table and the first device's memory (its
+# bytes_limit; 16 GB where the device does not say), 80 % of it for the models.
+read -r -a replicas < <("$python" - "$max_replicas" <<'PY' 2>"$OUT/replica_counts.log"
+import json, sys
+import jax
+cap = int(sys.argv[1])
+row = next(r for r in json.load(open("docs/scale_out_memory.json"))["rows"]
+           if r["preset"] == "full_100")
+stats = jax.devices()[0].memory_stats() or {}
+limit = int(stats.get("bytes_limit", 16 * 10**9))
+fit = max(1, min(cap, (int(0.8 * limit) - row["shared_bytes"]) // row["per_model_bytes"]))
+print(" ".join(map(str, sorted({1, max(1, fit // 4), fit}))))
+PY
+)
+[ "${#replicas[@]}" -gt 0 ] || replicas=(1)
+note "replica counts ${replicas[*]} ($(tail -n 1 "$OUT/replica_counts.log" 2>/dev/null | cut -c1-100))"
 for k in "${replicas[@]}"; do
   run "replicas_$k" 60 "$python" -m experiments.measure.replica_throughput --num_replicas="$k" \
     "${replica_steps[@]}" --output="$OUT/replicas_$k.json"

@@ -25,7 +25,7 @@ fi
 DEVICE_TESTS=(tests/test_model.py tests/test_training_procedure.py tests/test_replicas.py
               tests/test_parallel.py tests/test_runner.py tests/test_conv.py
               tests/test_conv_training.py tests/test_notebook.py tests/test_export.py
-              tests/test_layout.py)
+              tests/test_layout.py tests/test_flax_interop.py)
 
 find_python312() {
   local candidates=("${PYTHON312:-}" "$(command -v python3.12 || true)")
@@ -46,13 +46,13 @@ find_python312() {
 files=()
 case "$lane" in
   default)
-    source scripts/setup.sh "dev,tfds,plots,tensorboard" ;;
+    source scripts/setup.sh "dev,tfds,plots,tensorboard,flax" ;;
   py312-jax0.11.2|py312-newest)
     python312="$(find_python312)"
     pins=""
     [ "$lane" = py312-jax0.11.2 ] && pins="jax==0.11.2 jaxlib==0.11.2"
     LADDER_JAX_VENV="$PWD/.venv-$lane" PYTHON="$python312" LADDER_JAX_PINS="$pins" \
-      source scripts/setup.sh "dev,plots,tensorboard"
+      source scripts/setup.sh "dev,plots,tensorboard,flax"
     files=("${DEVICE_TESTS[@]}") ;;
   all)
     status=0

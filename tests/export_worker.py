@@ -55,7 +55,7 @@ def programs(platforms: tuple[str, ...]):
                                             num_labels=100, steps_per_call=STEPS)
     conv = config.preset("conv_small_gamma_100").replace(
         batch_size=10, unlabeled_batch_size=10, num_labels=100, steps_per_call=STEPS)
-    to = lambda f: export.export(f, platforms=platforms)  # noqa: E731
+    to = lambda f: export.export(f, platforms=platforms)
     for family, cfg in (("mlp", mlp), ("conv", conv)):
         data = small_dataset(cfg.model.input_shape if family == "conv" else (28, 28, 1))
         jobs = {"chunk": job_lib.build_job([cfg], data)}

@@ -107,6 +107,25 @@ def test_unknown_name_and_source():
         assert "'s3'" in message and all(s in message for s in datasets.sources(name))
 
 
+def test_user_forms_are_names_too():
+    assert datasets.user_form("tfds:kmnist") == ("tfds", "kmnist")
+    assert datasets.user_form("npz:/data/a:b.npz") == ("npz", "/data/a:b.npz")
+    assert datasets.user_form("folder:~/pets") == ("folder", "~/pets")
+    assert datasets.user_form("mnist") is None and not datasets.is_user("mnist")
+    for bad in ("svhn", "npz:", "tfds: ", "zip:/x.zip", "MNIST", 5, None):
+        with pytest.raises(DataError) as err:
+            datasets.user_form(bad)
+        assert "tfds:NAME, npz:PATH, folder:DIR" in _one_line(err)
+        assert not datasets.is_user(bad)
+    assert datasets.sources("npz:/x.npz") == () and not datasets.has_preprocessing("tfds:x")
+    with pytest.raises(DataError) as err:  # made in memory: given, never loaded by name
+        datasets.load("arrays:mine")
+    assert "from_arrays" in _one_line(err) and "npz:PATH" in str(err.value)
+    with pytest.raises(DataError) as err:
+        datasets.load("npz:/x.npz", source="pypi")
+    assert "data_source applies to the built-in datasets" in _one_line(err)
+
+
 def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("LADDER_JAX_DATA_DIR", str(tmp_path))
     assert datasets.default_cache_dir() == str(tmp_path)

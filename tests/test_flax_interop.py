@@ -1,6 +1,7 @@
 """ladder_jax.flax_interop: a trained run's clean encoder as a Flax NNX module, on real MNIST
-with a tiny dense run (784-32-10) and a tiny conv run (tests/parallel_worker.py's CONV_SPEC,
-28 -> 12x12x8 -> 6x6x8 -> 4x4x10 -> 10), each trained a few steps in a tmp directory:
+(its first 6000 training and 1000 test images) with a tiny dense Gamma-model (784-32-10)
+and a tiny conv one (tests/parallel_worker.py's CONV_SPEC, 28 -> 12x12x8 -> 6x6x8 ->
+4x4x10 -> 10), each trained a few steps in a tmp directory:
 
 - the module's classes equal train.predict_from_workdir's and its logits the library's
   (models.encode with the population statistics), both families;
@@ -43,8 +44,10 @@ def mnist_6000(mnist):
 
 
 def mlp_config() -> config.TrainConfig:
+    # the Gamma-model (a denoising cost at the top only): the encoder is the full ladder's,
+    # and its training step (no decoder below the top) is cheaper to compile
     return config.preset("full_100").replace(
-        model={"layer_sizes": (784, 32, 10), "denoise_weights": (1000.0, 10.0, 0.1),
+        model={"layer_sizes": (784, 32, 10), "denoise_weights": (0.0, 0.0, 1.0),
                "noise_std": 0.3},
         batch_size=100, unlabeled_batch_size=100, epochs=1, max_steps=STEPS,
         steps_per_call=STEPS, checkpoint_every=STEPS)
@@ -129,6 +132,9 @@ def test_grey_images_and_preprocessed_inputs_give_the_same_logits(runs, images):
 def test_variables_are_frozen_params_and_population_stats(runs):
     frozen = flax_interop.from_workdir(runs["conv"])
     assert not jax.tree_util.tree_leaves(nnx.state(frozen, nnx.Param))
+    # CONV_SPEC: weights at the two convs (layers 1, 3), beta there and at the top (4)
+    assert sorted(nnx.state(frozen, flax_interop.FrozenParam).keys()) == [
+        "W_1", "W_3", "beta_1", "beta_3", "beta_4", "gamma"]
     _, state, bn_stats = train.load_run(runs["conv"])
     encoder = {role: state.params[role] for role in flax_interop.ENCODER_ROLES
                if role in state.params}
@@ -222,11 +228,11 @@ def test_a_flax_head_trains_on_the_frozen_ladder(runs, mnist):
 
 
 def test_a_trainable_ladder_is_fine_tuned_with_the_head(runs, mnist):
-    """With trainable=True the layers below the features (W_0, beta_0: layer 1 of 784-32-10)
-    train with the head; those above them (the top's W_1, beta_1, gamma) get no gradient."""
+    """With trainable=True the layer below the features (W_1, beta_1 of 784-32-10) trains
+    with the head; the layer above them (the top's W_2, beta_2, gamma) gets no gradient."""
     model = Classifier(flax_interop.from_workdir(runs["mlp"], trainable=True), 10,
                        nnx.Rngs(0))
-    names = ("W_0", "beta_0", "W_1", "beta_1", "gamma")
+    names = ("W_1", "beta_1", "W_2", "beta_2", "gamma")
     assert sorted(nnx.state(model.ladder, nnx.Param).keys()) == sorted(names)
     before = {name: np.asarray(getattr(model.ladder, name)[...]) for name in names}
     stats_before = leaves(nnx.state(model.ladder, nnx.BatchStat))
@@ -234,7 +240,7 @@ def test_a_trainable_ladder_is_fine_tuned_with_the_head(runs, mnist):
     assert losses[-1] < 0.8 * losses[0], losses
     changed = {name: not np.array_equal(before[name], getattr(model.ladder, name)[...])
                for name in names}
-    assert changed == {"W_0": True, "beta_0": True, "W_1": False, "beta_1": False,
+    assert changed == {"W_1": True, "beta_1": True, "W_2": False, "beta_2": False,
                        "gamma": False}
     for a, b in zip(stats_before, leaves(nnx.state(model.ladder, nnx.BatchStat))):
         np.testing.assert_array_equal(a, b)  # the statistics are never trained

@@ -149,7 +149,8 @@ def _data_lines(results: Sequence[CellResult]) -> list[str]:
             sizes = f"{test_size:,} test images (every error is over all of them)"
             if train_size is not None:
                 sizes += f", {train_size:,} training images"
-        parts.append(f"{_dataset_title(name)} (`{name}`), {sizes}")
+        title = f"{DATASET_TITLES[name]} (`{name}`)" if name in DATASET_TITLES else f"`{name}`"
+        parts.append(f"{title}, {sizes}")
     return [("Dataset: " if len(parts) == 1 else "Datasets: ") + "; ".join(parts) + ".", ""]
 
 

@@ -22,6 +22,7 @@ import optax
 from ladder_jax import datasets, models, parallel, platform
 from ladder_jax.config import PER_MODEL_FIELDS, TrainConfig
 from ladder_jax.datasets import rows as rows_lib
+from ladder_jax.datasets import splits as splits_lib
 from ladder_jax.errors import ConfigError, TrainingDiverged
 from ladder_jax.train import evaluate as eval_lib
 from ladder_jax.train import step as step_lib
@@ -156,6 +157,22 @@ def load_dataset(cfg: TrainConfig) -> datasets.Dataset:
                          tfds_splits=cfg.tfds_splits)
 
 
+def _model_rows(cfg: TrainConfig, dataset: datasets.Dataset, labels: np.ndarray) -> ModelRows:
+    """A model's rows: drawn from its seed, or those of its split manifest (cfg.splits)."""
+    if cfg.splits is None:
+        lab, train_rows, val_rows = rows_lib.index_sets(
+            labels, cfg.num_labels, cfg.num_validation, cfg.seed, dataset.num_classes)
+    else:
+        split = splits_lib.check(splits_lib.read(cfg.splits), dataset, cfg.splits)
+        if split.file_sha256 != cfg.splits_sha256:
+            raise ConfigError(f"--splits={cfg.splits} changed since the run started (its "
+                              "sha256 differs); restore the file, or pass --restart")
+        lab, val_rows = np.sort(split.labeled), np.sort(split.validation)
+        train_rows = np.setdiff1d(np.arange(len(labels)), val_rows)
+    return ModelRows(jnp.asarray(lab, jnp.int32), jnp.asarray(np.sort(train_rows), jnp.int32),
+                     val_rows)
+
+
 def build_job(cfgs: Sequence[TrainConfig], dataset: datasets.Dataset | None = None, *,
               mesh: Any = None) -> Job:
     """Loads the data (unless given), picks every model's rows, compiles the chunk. The job's
@@ -172,12 +189,7 @@ def build_job(cfgs: Sequence[TrainConfig], dataset: datasets.Dataset | None = No
     local = step_lib.DeviceData(jnp.asarray(dataset.train_images, jnp.uint8),
                                 jnp.asarray(labels), dataset.preprocessing)
     data = local if mesh is None else parallel.replicate(local, mesh)
-    model_rows = []
-    for c in cfgs:
-        lab, train_rows, val_rows = rows_lib.index_sets(
-            labels, c.num_labels, c.num_validation, c.seed, dataset.num_classes)
-        model_rows.append(ModelRows(jnp.asarray(lab, jnp.int32),
-                                    jnp.asarray(np.sort(train_rows), jnp.int32), val_rows))
+    model_rows = [_model_rows(c, dataset, labels) for c in cfgs]
     schedule = Schedule.of(cfg, int(model_rows[0].unlabeled.shape[0]))
     keys = [rows_lib.noise_key(c.seed) for c in cfgs]
     if len(cfgs) == 1:

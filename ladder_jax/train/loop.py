@@ -18,10 +18,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Self
 
 import jax
+import numpy as np
 from absl import logging
 
 from ladder_jax import datasets, files, models, parallel
 from ladder_jax.config import TrainConfig
+from ladder_jax.datasets import splits as splits_lib
 from ladder_jax.errors import CheckpointError, ConfigError
 from ladder_jax.train import evaluate as eval_lib
 from ladder_jax.train import interrupt, restore
@@ -115,6 +117,7 @@ def train_models(cfgs: Sequence[TrainConfig], state_dir: str, run_dirs: Sequence
     job = job_lib.build_job(cfgs, dataset, mesh=mesh)  # bad data fails before any file
     cfgs = job.cfgs  # as they record the data: a user dataset's name and hash (datasets.bind)
     wd.prepare_job_dirs(cfgs, state_dir, run_dirs, restart)
+    _write_splits(job, run_dirs)
     sched, cfg = job.schedule, cfgs[0]
     with interrupt.handling(), _Run(job, state_dir, run_dirs, reference) as run:
         while run.step < sched.end_step:
@@ -136,6 +139,16 @@ def train_models(cfgs: Sequence[TrainConfig], state_dir: str, run_dirs: Sequence
                 interrupt.raise_if_requested(run.step, saved=True)
         run.checkpoints.wait()  # CheckpointError if the last save failed
     return run.results()
+
+
+def _write_splits(job: job_lib.Job, run_dirs: list[str]) -> None:
+    """Each model's split manifest (datasets.splits) in its run directory."""
+    if not wd.is_writer():
+        return
+    for cfg, rows, run_dir in zip(job.cfgs, job.rows, run_dirs):
+        labeled = np.asarray(parallel.to_host(rows.labeled))
+        files.write_json_atomic(os.path.join(run_dir, splits_lib.FILE), splits_lib.manifest(
+            job.dataset, labeled, rows.validation, None if cfg.splits else cfg.seed))
 
 
 def _chunk_end(step: int, sched: Any, cfg: TrainConfig) -> int:
