@@ -20,7 +20,11 @@ class Published(NamedTuple):
 
 #: Published test error (%) per preset. Rasmus et al. 2015 (NeurIPS version, Tables 1-3) and
 #: Pezeshki et al. 2016 (AMLP, abstract). Entries whose source ends in ", unverified" were
-#: not checked against the paper's text here.
+#: not checked against the paper's text here: the copies of Rasmus et al. consulted gave
+#: only the paper's opening, not Tables 1-3. amlp_100 is checked against Pezeshki et al.'s
+#: abstract ("... 0.97% and 1.0% for semi-supervised settings with 1000 and 100 labeled
+#: examples"), which gives no std. conv_large_gamma_4000's 20.40 ± 0.47 is also what Laine
+#: & Aila 2017 (Table 1) quote for "Conv-Large, Γ-model (Rasmus et al., 2015)".
 PUBLISHED: dict[str, Published] = {
     "full_100": Published(1.06, 0.37, "Rasmus 2015 Table 1", "mnist"),
     "full_1000": Published(0.84, 0.08, "Rasmus 2015 Table 1", "mnist"),

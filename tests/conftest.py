@@ -32,6 +32,15 @@ def mnist_dataset(mnist) -> datasets.Dataset:
     return mnist
 
 
+@pytest.fixture(scope="session")
+def mnist_6000(mnist) -> datasets.Dataset:
+    """The first 6000 training and 2000 test images of MNIST (cheap real runs)."""
+    arrays = {"train_images": mnist.train_images[:6000],
+              "train_labels": mnist.train_labels[:6000],
+              "test_images": mnist.test_images[:2000], "test_labels": mnist.test_labels[:2000]}
+    return datasets.base.make_dataset("mnist", arrays, "first 6000 of MNIST", mnist.class_names)
+
+
 @pytest.fixture
 def x64():
     """float64 computation inside the test (for finite differences), restored after it."""

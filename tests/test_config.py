@@ -275,6 +275,8 @@ IDENTITY_CHANGES = {
     "num_validation": 1000,
     "dataset": "fashion_mnist",
     "data_sha256": "ab" * 32,  # a user dataset's content hash (None for the built-ins)
+    "splits": "splits.json",  # a split manifest (tests/test_splits.py) and its sha256
+    "splits_sha256": "cd" * 32,
 }
 # Identity fields that only a user dataset takes (tests/test_user_data.py checks them).
 USER_DATA_IDENTITY = {"tfds_splits"}

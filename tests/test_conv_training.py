@@ -25,13 +25,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import contractions
 import jax
 import numpy as np
 import parallel_worker as worker  # tests/ is on sys.path under pytest
 import pytest
+from processes import checkpoint_steps, signal_after_checkpoint
 
 from experiments.measure import benchmark
 from ladder_jax import config, train
@@ -134,13 +134,6 @@ def cli_env() -> dict[str, str]:
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
 
 
-def checkpoint_steps(work: str) -> list[int]:
-    path = os.path.join(work, workdir.CHECKPOINT_DIR)
-    if not os.path.isdir(path):
-        return []
-    return sorted(int(name) for name in os.listdir(path) if name.isdigit())
-
-
 def numeric_records(work: str) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
             for r in workdir.read_metrics(work)]
@@ -179,13 +172,7 @@ def test_sigkill_and_resume_of_a_conv_run_give_the_same_params_and_metrics(
     cmd = cli_command(work, cli_cache)
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=cli_env())
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if any(s >= KILL_AFTER for s in checkpoint_steps(work)):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
+    signal_after_checkpoint(proc, work, KILL_AFTER, [signal.SIGKILL])
     proc.wait()
     assert max(checkpoint_steps(work)) < END_STEP
     assert not os.path.exists(os.path.join(work, workdir.RESULTS_FILE))

@@ -34,15 +34,6 @@ STEPS = 20  # one compiled call each: enough to move the parameters off their in
 NUM_IMAGES = 512  # test images compared
 
 
-@pytest.fixture(scope="module")
-def mnist_6000(mnist):
-    """The first 6000 training and 1000 test images of MNIST (cheap real runs)."""
-    arrays = {"train_images": mnist.train_images[:6000],
-              "train_labels": mnist.train_labels[:6000],
-              "test_images": mnist.test_images[:1000], "test_labels": mnist.test_labels[:1000]}
-    return datasets_base.make_dataset("mnist", arrays, "first 6000 of MNIST", mnist.class_names)
-
-
 def mlp_config() -> config.TrainConfig:
     # the Gamma-model (a denoising cost at the top only): the encoder is the full ladder's,
     # and its training step (no decoder below the top) is cheaper to compile

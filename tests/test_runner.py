@@ -11,11 +11,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
+from processes import checkpoint_steps, signal_after_checkpoint
 
 from ladder_jax import config, train
 from ladder_jax.train import job as job_lib
@@ -41,13 +41,6 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def numeric_records(work: str) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
             for r in workdir.read_metrics(work)]
-
-
-def checkpoint_steps(work: str) -> list[int]:
-    path = os.path.join(work, workdir.CHECKPOINT_DIR)
-    if not os.path.isdir(path):
-        return []
-    return sorted(int(name) for name in os.listdir(path) if name.isdigit())
 
 
 def assert_same_params(work_a: str, work_b: str) -> None:
@@ -124,13 +117,7 @@ def test_sigkill_and_resume_give_the_same_params_and_metrics(uninterrupted, tmp_
            *TINY_FLAGS]
     # Killed mid-epoch, after several checkpoints and an evaluation exist.
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if any(s >= 140 for s in checkpoint_steps(work)):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
+    signal_after_checkpoint(proc, work, 140, [signal.SIGKILL])
     proc.wait()
     assert not os.path.exists(os.path.join(work, "results.json"))
     done = run_cli(f"--workdir={work}", *TINY_FLAGS)
@@ -456,14 +443,7 @@ def interrupt_after(cmd: list[str], work: str, signals: list[int], *, after_step
     in ``work``, and returns the finished process (stdout, stderr captured)."""
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if any(s >= after_step for s in checkpoint_steps(work)):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "run finished before it could be interrupted"
-    for signum in signals:
-        proc.send_signal(signum)
+    signal_after_checkpoint(proc, work, after_step, signals)
     stdout, stderr = proc.communicate(timeout=300)
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -41,6 +42,10 @@ def tiny(dataset: datasets.Dataset, **changes) -> config.TrainConfig:
     return datasets.bind(cfg, dataset)
 
 
+def read_json(path) -> dict:
+    return json.loads(pathlib.Path(path).read_text())
+
+
 def leaves(result) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(result.state.params)]
 
@@ -54,7 +59,7 @@ def drawn(small, tmp_path_factory):
 
 def test_every_run_writes_its_split_manifest(small, drawn):
     work, _ = drawn
-    manifest = json.load(open(os.path.join(work, splits.FILE)))
+    manifest = read_json(os.path.join(work, splits.FILE))
     assert manifest["format"] == splits.FORMAT and manifest["dataset"] == "arrays:mnist600"
     assert manifest["dataset_sha256"] == datasets.content_sha256(small) == small.sha256
     assert manifest["num_train"] == 600 and manifest["seed"] == 0
@@ -81,8 +86,8 @@ def test_a_run_given_the_manifest_trains_exactly_the_same(small, drawn, tmp_path
     # Another seed on the same manifest: the same rows, other numbers.
     other = train.train_and_evaluate(cfg.replace(seed=1), str(tmp_path / "seed1"),
                                      dataset=small)
-    mine = json.load(open(str(tmp_path / "seed1" / splits.FILE)))
-    theirs = json.load(open(path))
+    mine = read_json(str(tmp_path / "seed1" / splits.FILE))
+    theirs = read_json(path)
     assert (mine["labeled"], mine["validation"]) == (theirs["labeled"], theirs["validation"])
     assert any(not np.array_equal(a, b) for a, b in zip(leaves(other), leaves(result)))
 
@@ -93,7 +98,7 @@ def write(path, **manifest) -> str:
 
 
 def test_bad_manifests_are_refused_in_one_line(small, drawn, tmp_path):
-    good = json.load(open(os.path.join(drawn[0], splits.FILE)))
+    good = read_json(os.path.join(drawn[0], splits.FILE))
 
     def refused(**changes):
         path = write(tmp_path / "m.json", **{**good, **changes})
@@ -121,7 +126,7 @@ def test_bad_manifests_are_refused_in_one_line(small, drawn, tmp_path):
 
 def test_a_manifest_that_changes_after_the_run_started_is_refused(small, drawn, tmp_path):
     path = tmp_path / "mine.json"
-    path.write_bytes(open(os.path.join(drawn[0], splits.FILE), "rb").read())
+    path.write_bytes(pathlib.Path(drawn[0], splits.FILE).read_bytes())
     cfg = tiny(small).replace(**splits.config_changes(str(path)))
     work = str(tmp_path / "run")
     train.train_and_evaluate(cfg.replace(max_steps=10), work, dataset=small)
@@ -152,6 +157,6 @@ def test_an_unbalanced_manifest_from_the_cli_is_taken_as_given(small, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     warnings = [line for line in proc.stderr.splitlines() if "not class-balanced" in line]
     assert len(warnings) == 1
-    cfg = json.load(open(os.path.join(work, "config.json")))
+    cfg = read_json(os.path.join(work, "config.json"))
     assert cfg["num_labels"] == 17 and cfg["splits"] == str(path)
-    assert json.load(open(os.path.join(work, splits.FILE)))["labeled"] == sorted(labeled)
+    assert read_json(os.path.join(work, splits.FILE))["labeled"] == sorted(labeled)

@@ -16,9 +16,11 @@ import logging
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -670,3 +672,39 @@ def test_without_matplotlib_the_csv_and_summary_are_still_written(tmp_path, monk
     assert "pip install 'ladder_jax[plots]'" in caplog.text
     with open(outputs["summary"]) as f:
         assert "| 100 | 2.00 ± - (n=1) |" in f.read()
+
+
+def test_a_sweep_stopped_by_sigterm_resumes_to_the_uninterrupted_results(tiny_sweep, jax_cache,
+                                                                          tmp_path):
+    """SIGTERM once the first cells finished (so between cells or inside the next group):
+    one line, exit 143; the same command finishes the sweep with the numbers of one that
+    was never stopped."""
+    sweep_dir = str(tmp_path / "stopped")
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.label_sweep", f"--compilation_cache_dir={jax_cache}",
+         f"--sweep_dir={sweep_dir}", *TINY_FLAGS], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if any(os.path.exists(os.path.join(sweep_dir, d, wd.RESULTS_FILE))
+               for d in (os.listdir(sweep_dir) if os.path.isdir(sweep_dir) else [])):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the sweep ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert re.match(r"^interrupted.*; the same command resumes$", stderr.strip().splitlines()[-1])
+    unfinished = [d for d in os.listdir(sweep_dir) if d.endswith(tuple("0123456789"))
+                  and not os.path.exists(os.path.join(sweep_dir, d, wd.RESULTS_FILE))]
+    assert unfinished  # it stopped before the end
+    done = run_cli([f"--sweep_dir={sweep_dir}", *TINY_FLAGS], jax_cache)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in sorted(os.listdir(tiny_sweep)):
+        results = os.path.join(tiny_sweep, name, wd.RESULTS_FILE)
+        if os.path.exists(results):
+            assert wd.read_json(os.path.join(sweep_dir, name, wd.RESULTS_FILE))[
+                "final_test_error"] == wd.read_json(results)["final_test_error"], name

@@ -31,7 +31,6 @@ from jax.flatten_util import ravel_pytree
 
 from ladder_jax import combinators, config, losses, models, train
 from ladder_jax.config import ModelConfig, TrainConfig
-from ladder_jax.datasets import base as datasets_base
 from ladder_jax.datasets import rows as rows_lib
 from ladder_jax.train import job as job_lib
 from ladder_jax.train import workdir as wd
@@ -178,15 +177,6 @@ def test_compiled_step_uses_the_paper_lr(paper_schedule_job):
     got = {c: change(c) / ref for c in expected}
     for c, ratio in expected.items():
         assert got[c] == pytest.approx(ratio, abs=3e-6), (c, got)
-
-
-@pytest.fixture(scope="module")
-def mnist_6000(mnist):
-    """The first 6000 training and 2000 test images of MNIST (a cheap real run)."""
-    arrays = {"train_images": mnist.train_images[:6000],
-              "train_labels": mnist.train_labels[:6000],
-              "test_images": mnist.test_images[:2000], "test_labels": mnist.test_labels[:2000]}
-    return datasets_base.make_dataset("mnist", arrays, "first 6000 of MNIST", mnist.class_names)
 
 
 @pytest.fixture(scope="module")

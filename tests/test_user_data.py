@@ -357,8 +357,9 @@ OLD_CONFIG_JSON = """{
 
 def test_old_config_json_resumes(tmp_path):
     old = json.loads(OLD_CONFIG_JSON)
-    assert not {"tfds_splits", "data_sha256"} & set(old)
-    assert set(old) - {"bookkeeping_history"} | {"tfds_splits", "data_sha256"} == {
+    new_fields = {"tfds_splits", "data_sha256", "splits", "splits_sha256"}
+    assert not new_fields & set(old)
+    assert set(old) - {"bookkeeping_history"} | new_fields == {
         f.name for f in dataclasses.fields(TrainConfig)}  # only the new fields missing
     preset = config.preset("full_100")
     read = TrainConfig.from_dict(old)

@@ -18,6 +18,7 @@ from absl import logging
 from ladder_jax import datasets, train
 from ladder_jax.config import ConfigError
 from ladder_jax.sweep.grid import Cell
+from ladder_jax.train import interrupt
 from ladder_jax.train import workdir as wd
 
 FINISHED, FAILED, PENDING = "finished", "failed", "pending"
@@ -128,7 +129,11 @@ def run_cell(cell: Cell, workdir: str, dataset: datasets.Dataset) -> CellResult:
 def run_cells_sequentially(cells: Sequence[tuple[Cell, str]],
                            dataset: datasets.Dataset) -> list[CellResult]:
     """The default RunGroup: one cell after another."""
-    return [run_cell(cell, workdir, dataset) for cell, workdir in cells]
+    results = []
+    for cell, workdir in cells:
+        interrupt.raise_if_requested()
+        results.append(run_cell(cell, workdir, dataset))
+    return results
 
 
 def run_cells_as_replicas(cells: Sequence[tuple[Cell, str]],
@@ -258,6 +263,7 @@ def _pending_groups(cells: Sequence[Cell], sweep_dir: str):
 
 def _run_group_safely(run_group: RunGroup, group: list[tuple[Cell, str]],
                       dataset: datasets.Dataset) -> list[CellResult]:
+    interrupt.raise_if_requested()  # a stop request between cells: before the next one
     try:
         group_results = run_group(group, dataset)
         if len(group_results) != len(group):
