@@ -8,7 +8,8 @@ and family the final test error, the median over the last 10 evaluations and, wi
 and label_efficiency.png (with matplotlib: pip install 'ladder_jax[plots]'). Re-running
 skips finished cells and resumes unfinished ones; a failing cell is reported and the others
 still run (exit code 1 if any failed). --report_only rewrites those files from what the
-directory holds, without training.
+directory holds, without training. --splits=100=m100.json,1000=m1000.json trains every seed
+of a label count on that split manifest's rows.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ flags.DEFINE_bool("replicas", True, "Train the seeds of a row (same preset famil
                   "on its own.")
 shared_flags.define_model_flags(preset=False)
 shared_flags.define_data_flags(per_run=False)
+shared_flags.define_cell_splits_flag(
+    "SHAPE is a label count (100=m100.json: every family at 100 labels) or a family at one "
+    "(full_100=m.json, which wins over the label count's).")
 shared_flags.define_schedule_flags()
 shared_flags.define_output_flags()
 shared_flags.define_report_flag()
@@ -53,6 +57,7 @@ def cells_from_flags() -> list[sweep.Cell]:
     return sweep.build_grid(FLAGS.presets, FLAGS.num_labels, shared_flags.ints_flag("seeds"),
                             layer_sizes=layer_sizes,
                             model_changes=shared_flags.model_changes_from_flags(None),
+                            splits=sweep.parse_splits(FLAGS.splits),
                             **shared_flags.train_changes_from_flags())
 
 

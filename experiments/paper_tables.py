@@ -14,7 +14,8 @@ error at the lowest validation error, each as mean ± sample std with n, beside 
 published for that row on that dataset; then each seed's figures) and
 test_error_curves.png (median and min-max band over seeds per row, log y). Re-running
 skips finished cells and resumes the others; --report_only rewrites those files from what
-the directory holds, without training.
+the directory holds, without training. --splits=full_100=m.json,baseline_100=m.json trains
+every seed of those rows on that split manifest's rows.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ flags.DEFINE_list("rows", MLP_ROWS + CONV_ROWS, "Presets to run, one table row e
 flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds of every row that names none of "
                   "its own.")
 shared_flags.define_data_flags(per_run=False)
+shared_flags.define_cell_splits_flag(
+    "SHAPE is a row (full_100=m.json) or a label count (100=m.json: every row at 100 "
+    "labels; a row's own wins).")
 shared_flags.define_schedule_flags()
 shared_flags.define_output_flags()
 shared_flags.define_report_flag()
@@ -52,6 +56,7 @@ def cells_from_flags() -> list[sweep.Cell]:
     """The table's cells: each row of --rows x its own seeds (else --seeds), the training
     flags applied."""
     return sweep.build_table(FLAGS.rows, shared_flags.ints_flag("seeds"),
+                             splits=sweep.parse_splits(FLAGS.splits),
                              **shared_flags.train_changes_from_flags())
 
 

@@ -90,6 +90,24 @@ def define_data_flags(per_run: bool = True) -> None:
                 "its counts replace --num_labels and --num_validation.", DATA)
 
 
+def define_cell_splits_flag(shapes: str) -> None:
+    """Defines --splits of a sweep or table: split manifests by cell shape (a list flag of
+    SHAPE=FILE, read with sweep.parse_splits). It is not a run's --splits, so
+    train_changes_from_flags leaves it to the runner.
+
+    Args:
+      shapes: what --help says a SHAPE is in this runner.
+    """
+    flags.DEFINE_list("splits", [], "Split manifests by cell shape, SHAPE=FILE joined by "
+                      f"commas (README 'Split manifests'): {shapes} Every seed of that shape "
+                      "trains on the manifest's labeled and validation rows (the seeds still "
+                      "change init, data order and noise); it must label exactly the shape's "
+                      "label count, and its validation list replaces --num_validation. Such "
+                      "cells are named <family>_labels<N>_splits<sha256[:8]>_seed<S>.",
+                      module_name=DATA)
+    flags.declare_key_flag("splits")
+
+
 def define_schedule_flags() -> None:
     """Epochs, stop point, batch and learning rate (paper: 150 epochs, 100 + 100, 0.002)."""
     _define("integer", "epochs", None, "Passes over the unlabeled set (sets the lr).", SCHEDULE)

@@ -199,6 +199,9 @@ def value_strategy(flag: flags.Flag, paths: list[str]) -> st.SearchStrategy[str]
         good = _lists(INTS + ["all", "-1", "105", "0", "abc", "2147483647"], 4)
     elif name == "num_labels":
         good = st.sampled_from(INTS + ["all", "ALL", "-1", "105", "1e2", "00", " 100"])
+    elif name == "splits" and parser == "ListParser":  # a sweep's manifests by cell shape
+        good = _lists([f"{shape}={path}" for shape in ("100", "all", "full_100", "7", "x", "")
+                       for path in paths], 3)
     elif name in ("presets", "rows"):
         good = _lists([*config.PRESETS, "full", "gamma", "baseline", "foo", "conv", ""], 4)
     elif name == "data_source":

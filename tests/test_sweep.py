@@ -3,7 +3,9 @@
 The end-to-end tests run the real CLI with a tiny network (784-50-10, 20 steps per cell) on
 real MNIST, and on a small Fashion-MNIST-named IDX dataset (images from MNIST, a test set
 of its own size) with a validation split and a dozen evaluations per run, whose reports
-must name that dataset and its size and compute the protocol's figures from the metrics.
+must name that dataset and its size and compute the protocol's figures from the metrics;
+and on user data (an .npz of real MNIST rows), first with the rows each seed draws, then
+with a split manifest per label count (--splits), whose rows every seed must train on.
 They run in subprocesses that share a JAX persistent compilation cache (and a low XLA
 optimisation level): compiling dominates such short runs, and a re-run cell then compiles
 from the cache. In-process tests cover the grid, the run_group hook and the outputs.
@@ -708,3 +710,265 @@ def test_a_sweep_stopped_by_sigterm_resumes_to_the_uninterrupted_results(tiny_sw
         if os.path.exists(results):
             assert wd.read_json(os.path.join(sweep_dir, name, wd.RESULTS_FILE))[
                 "final_test_error"] == wd.read_json(results)["final_test_error"], name
+
+
+# ------------------------------------------------- your data, your splits: npz + manifests
+
+NPZ_TRAIN_PER_CLASS, NPZ_TEST_PER_CLASS = 100, 50
+
+
+@pytest.fixture(scope="module")
+def digits_npz(mnist, tmp_path_factory) -> str:
+    """Real MNIST rows saved as a user dataset: 100 training and 50 test images per class."""
+    import numpy as np
+
+    def rows(labels, n):
+        return np.sort(np.concatenate([np.flatnonzero(labels == c)[:n] for c in range(10)]))
+
+    tr = rows(mnist.train_labels, NPZ_TRAIN_PER_CLASS)
+    te = rows(mnist.test_labels, NPZ_TEST_PER_CLASS)
+    path = str(tmp_path_factory.mktemp("user_data") / "digits.npz")
+    np.savez(path, x_train=mnist.train_images[tr], y_train=mnist.train_labels[tr],
+             x_test=mnist.test_images[te], y_test=mnist.test_labels[te])
+    return path
+
+
+def npz_flags(path: str, sweep_dir: str) -> list[str]:
+    """A 2 labels x 2 seeds x 2 presets sweep of the npz data, 10 steps per cell."""
+    return [f"--sweep_dir={sweep_dir}", f"--dataset=npz:{path}", "--num_labels=20,50",
+            "--seeds=0,1", "--presets=full,baseline", "--layer_sizes=784,32,10", "--epochs=1",
+            "--steps_per_call=5", "--checkpoint_every=0"]
+
+
+@pytest.fixture(scope="module")
+def npz_sweep(digits_npz, jax_cache, tmp_path_factory) -> str:
+    """That sweep, finished, each seed drawing its own rows."""
+    sweep_dir = str(tmp_path_factory.mktemp("sweep") / "npz")
+    proc = run_cli(npz_flags(digits_npz, sweep_dir), jax_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(trained_cells(proc.stderr)) == 8
+    return sweep_dir
+
+
+def test_npz_sweep_without_a_manifest_reports_its_own_data(npz_sweep, digits_npz):
+    rows = sweep.read_csv(os.path.join(npz_sweep, report.RESULTS_CSV))
+    assert list(rows[0]) == list(report.CSV_COLUMNS)
+    assert sorted(os.path.basename(r["workdir"]) for r in rows) == sorted(
+        f"{p}_labels{n}_seed{s}" for p in ("full", "baseline") for n in (20, 50) for s in (0, 1))
+    for r in rows:
+        assert r["status"] == "finished" and int(r["steps"]) == 10
+        assert (r["dataset"], r["test_size"]) == (f"npz:{digits_npz}", "500")
+        assert (r["splits_file"], r["splits_sha256"]) == ("", "")
+        assert 0.0 < float(r["test_error"]) < 0.95
+    with open(os.path.join(npz_sweep, report.SUMMARY_MD)) as f:
+        text = f.read()
+    assert (f"Dataset: `npz:{digits_npz}`, 500 test images (every error is over all of them), "
+            "1,000 training images.") in text
+    assert ("Splits: labeled rows drawn by each seed (class-balanced), in every row; no split "
+            "manifest (--splits).") in text
+    assert "Published test errors: none for these families on this dataset." in text
+    assert "Rasmus" not in text and "Pezeshki" not in text and "MNIST" not in text
+    assert set(grid_of(text, "Final test error (%):")) == {"20", "50"}
+
+
+def unbalanced_manifest(npz: str, path) -> dict:
+    """A manifest of 20 labeled rows that are not class-balanced (4 of class 0, 2 each of
+    classes 1-8, none of 9) and a validation split of 10 rows per class, written to
+    ``path``; returns it."""
+    import numpy as np
+
+    from ladder_jax import datasets
+    from ladder_jax.datasets import splits
+
+    data = datasets.load(f"npz:{npz}")
+    by_class = [np.flatnonzero(data.train_labels == c) for c in range(10)]
+    labeled = sorted([*by_class[0][:4], *(i for c in range(1, 9) for i in by_class[c][:2])])
+    validation = sorted(i for c in range(10) for i in by_class[c][-10:])
+    manifest = splits.manifest(data, labeled, validation, seed=None)
+    path.write_text(json.dumps(manifest))
+    return manifest
+
+
+def test_npz_sweep_with_a_manifest_per_label_count(npz_sweep, digits_npz, jax_cache, tmp_path):
+    from ladder_jax.datasets import splits
+
+    m20 = unbalanced_manifest(digits_npz, tmp_path / "m20.json")
+    m50_path = tmp_path / "m50.json"  # a run's own manifest: seed 1's rows at 50 labels
+    shutil.copy(os.path.join(npz_sweep, "full_labels50_seed1", splits.FILE), m50_path)
+    manifests = {20: (str(tmp_path / "m20.json"), m20),
+                 50: (str(m50_path), json.loads(m50_path.read_text()))}
+    sha = {n: splits.file_sha256(path) for n, (path, _) in manifests.items()}
+    sweep_dir = str(tmp_path / "with_manifests")
+    proc = run_cli([*npz_flags(digits_npz, sweep_dir),
+                    f"--splits=20={manifests[20][0]},50={manifests[50][0]}"], jax_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(trained_cells(proc.stderr)) == 8
+    assert "not class-balanced (4, 2, 2, 2, 2, 2, 2, 2, 2, 0 per class)" in proc.stderr
+    rows = sweep.read_csv(os.path.join(sweep_dir, report.RESULTS_CSV))
+    assert len(rows) == 8
+    for r in rows:
+        n = int(r["num_labels"])
+        path, manifest = manifests[n]
+        assert r["status"] == "finished"
+        assert (r["splits_file"], r["splits_sha256"]) == (path, sha[n])
+        assert os.path.basename(r["workdir"]) == (
+            f"{r['preset']}_labels{n}_splits{sha[n][:8]}_seed{r['seed']}")
+        # Every seed trained on the manifest's rows.
+        written = wd.read_json(os.path.join(r["workdir"], splits.FILE))
+        assert written["labeled"] == manifest["labeled"]
+        assert written["validation"] == manifest["validation"]
+        cfg = wd.read_json(os.path.join(r["workdir"], wd.CONFIG_FILE))
+        assert (cfg["num_labels"], cfg["num_validation"]) == (n, len(manifest["validation"]))
+        assert cfg["splits"] == path and cfg["splits_sha256"] == sha[n]
+        assert (r["test_error_at_best_val"] != "") == (n == 20)  # m20 holds out 100 rows
+    # The seeds still differ (init, order, noise) on the same rows.
+    for preset in ("full", "baseline"):
+        metrics = [wd.read_metrics(os.path.join(sweep_dir, f"{preset}_labels20_splits"
+                                                f"{sha[20][:8]}_seed{s}")) for s in (0, 1)]
+        assert [m.get("loss") for m in metrics[0]] != [m.get("loss") for m in metrics[1]]
+    # Seed 1 on its own rows, named by a manifest: the same numbers as the sweep without it.
+    before = {(r["preset"], r["num_labels"], r["seed"]): r["test_error"] for r in
+              sweep.read_csv(os.path.join(npz_sweep, report.RESULTS_CSV))}
+    for r in rows:
+        if r["num_labels"] == "50" and r["seed"] == "1":
+            assert r["test_error"] == before[(r["preset"], "50", "1")]
+    with open(os.path.join(sweep_dir, report.SUMMARY_MD)) as f:
+        text = f.read()
+    for preset in ("full", "baseline"):
+        assert (f"- {preset} @ 20: manifest `m20.json` (sha256 {sha[20]}), 20 labeled and 100 "
+                "validation rows, the same for every seed") in text
+        assert (f"- {preset} @ 50: manifest `m50.json` (sha256 {sha[50]}), 50 labeled and 0 "
+                "validation rows, the same for every seed") in text
+    assert "drawn by each seed" not in text
+    assert f"Dataset: `npz:{digits_npz}`, 500 test images" in text
+    assert "At the lowest validation error (%):" in text
+    assert "--splits=20=" in text  # the command
+    # --report_only with the same flags reads the same cells.
+    proc = run_cli([*npz_flags(digits_npz, sweep_dir), "--report_only",
+                    f"--splits=20={manifests[20][0]},50={manifests[50][0]}"], jax_cache)
+    assert proc.returncode == 0 and "8/8 cells finished" in proc.stdout, proc.stderr[-3000:]
+
+
+def write_manifest(path, labeled: int, validation: int = 0, num_train: int = 1000) -> str:
+    """A manifest of MNIST-named data (form only: nothing trains on it) at ``path``."""
+    from ladder_jax.datasets import splits
+
+    path.write_text(json.dumps({"format": splits.FORMAT, "dataset": "mnist",
+                                "num_train": num_train, "labeled": list(range(labeled)),
+                                "validation": list(range(labeled, labeled + validation))}))
+    return str(path)
+
+
+def test_manifests_by_cell_shape_in_grids_and_tables(tmp_path):
+    from ladder_jax.datasets import DataError, splits
+
+    m100, m20 = write_manifest(tmp_path / "m100.json", 100, 50), write_manifest(
+        tmp_path / "m20.json", 20)
+    cells = sweep.build_grid(["full", "baseline"], [20, 100], [0, 1],
+                             splits=sweep.parse_splits([f"100={m100}", f"full_20={m20}"]))
+    by_name = {c.name: c for c in cells}
+    sha = splits.file_sha256(m100)[:8]
+    assert sorted(by_name) == sorted(
+        ["baseline_labels20_seed0", "baseline_labels20_seed1",  # no manifest: names as before
+         f"full_labels20_splits{splits.file_sha256(m20)[:8]}_seed0",
+         f"full_labels20_splits{splits.file_sha256(m20)[:8]}_seed1"]
+        + [f"{p}_labels100_splits{sha}_seed{s}" for p in ("full", "baseline") for s in (0, 1)])
+    cfg = by_name[f"full_labels100_splits{sha}_seed1"].config
+    assert (cfg.splits, cfg.num_labels, cfg.num_validation, cfg.seed) == (m100, 100, 50, 1)
+    assert by_name["baseline_labels20_seed0"].config.splits is None
+    assert len({c.row_key for c in cells}) == 4  # the seeds of a shape still train together
+    # A family's own manifest wins over its label count's.
+    cells = sweep.build_grid(["full", "baseline"], [100], [0],
+                             splits={"100": m100, "baseline_100": write_manifest(
+                                 tmp_path / "b100.json", 100)})
+    assert [c.config.splits for c in cells] == [m100, str(tmp_path / "b100.json")]
+    # A manifest's count that is no multiple of the class count: its rows say which.
+    odd = write_manifest(tmp_path / "m17.json", 17)
+    cell = sweep.build_grid(["full"], [17], [0], splits={"17": odd})[0]
+    assert cell.name.startswith("full_labels17_splits") and cell.config.num_labels == 17
+    # Tables: a row's name or a label count.
+    table = sweep.build_table(["full_100:0-1", "baseline_100", "full_1000"], [0],
+                              splits={"100": m100})
+    assert [c.name for c in table] == [f"full_labels100_splits{sha}_seed0",
+                                       f"full_labels100_splits{sha}_seed1",
+                                       f"baseline_labels100_splits{sha}_seed0",
+                                       "full_labels1000_seed0"]
+    table = sweep.build_table(["full_100", "baseline_100"], [0], splits={"full_100": m100})
+    assert [c.config.splits for c in table] == [m100, None]
+    # 'all': the manifest labels every training row outside its validation list.
+    every = write_manifest(tmp_path / "every.json", 950, 50)
+    cell = sweep.build_grid(["full"], ["all"], [0], splits={"all": every})[0]
+    assert cell.num_labels == "all" and cell.config.num_labels == 950
+    # One line each, before anything runs.
+    refused = [
+        (lambda: sweep.parse_splits(["100"]), "must be SHAPE=FILE"),
+        (lambda: sweep.parse_splits(["100=a", "100=b"]), "names 100 twice"),
+        (lambda: sweep.build_grid(["full"], [100], [0], splits={"50": m100}),
+         "this sweep has no cell shape '50'; name one of 100, full_100"),
+        (lambda: sweep.build_grid(["full"], [100], [0], splits={"gamma_100": m100}),
+         "no cell shape 'gamma_100'"),
+        (lambda: sweep.build_table(["full_100"], [0], splits={"baseline_100": m100}),
+         "this table has no cell shape 'baseline_100'"),
+        (lambda: sweep.build_grid(["full"], [20], [0], splits={"20": m100}),
+         "labels 100 rows but the cells of full at 20 labels train on 20"),
+        (lambda: sweep.build_table(["full_100"], [0], splits={"full_100": m20}),
+         "labels 20 rows but the cells of full at 100 labels train on 100"),
+        (lambda: sweep.build_grid(["full"], ["all"], [0], splits={"all": m100}),
+         "labels every training row outside its validation list"),
+        (lambda: sweep.build_grid(["full"], [100], [0], splits={"100": str(tmp_path / "no")}),
+         "cannot be read"),
+        (lambda: sweep.build_grid(["full"], [100], [0], splits="m.json"),
+         "must map cell shapes to manifest files"),
+    ]
+    for build, message in refused:
+        with pytest.raises((config_lib.ConfigError, DataError)) as raised:
+            build()
+        assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_table_reports_each_rows_manifest(tmp_path):
+    from ladder_jax.datasets import splits
+
+    m100 = write_manifest(tmp_path / "m100.json", 100)
+    cells = sweep.build_table(["full_100:0-1", "baseline_100"], [0], splits={"full_100": m100})
+    results = [sweep.CellResult(c, str(tmp_path / c.name), sweep.FINISHED, test_error=0.1,
+                                steps=10, wall_time_s=1.0) for c in cells]
+    outputs = sweep.write_table_outputs(results, str(tmp_path), references.PUBLISHED,
+                                        plot=False)
+    with open(outputs["summary"]) as f:
+        summary = f.read()
+    sha = splits.file_sha256(m100)
+    assert ("Splits (the labeled and validation rows of each row):\n\n"
+            f"- full_100: manifest `m100.json` (sha256 {sha}), 100 labeled and 0 validation "
+            "rows, the same for every seed\n"
+            "- baseline_100: labeled rows drawn by each seed (class-balanced)\n") in summary
+    rows = sweep.read_csv(outputs["csv"])
+    assert [(r["splits_file"], r["splits_sha256"]) for r in rows] == [(m100, sha)] * 2 + [
+        ("", "")]
+
+
+def test_a_manifest_of_another_label_count_stops_the_table_before_it_starts(tmp_path):
+    m20 = write_manifest(tmp_path / "m20.json", 20)
+    table_dir = tmp_path / "table"
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.paper_tables", f"--table_dir={table_dir}",
+         "--rows=full_100,baseline_100", f"--splits=full_100={m20}"],
+        check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (f"error: --splits=full_100={m20} labels 20 rows but the cells of full at "
+                    "100 labels train on 100; give a manifest of 100 labeled rows, or sweep "
+                    f"--num_labels=20 with --splits=20={m20}")
+    assert not table_dir.exists()
+
+
+def test_a_manifest_at_all_labels_fits_data_whose_classes_differ_in_size(mnist, tmp_path):
+    from ladder_jax.train import job
+
+    every = write_manifest(tmp_path / "every.json", 59000, 1000, num_train=60000)
+    cell = sweep.build_grid(["full"], ["all"], [0], splits={"all": every})[0]
+    # 59000 labels would take 5900 of each class; MNIST has 5421 of class 5. The manifest
+    # says which rows, so only its rows are checked (when the job is built).
+    job.check_fits(cell.config, mnist)
+    with pytest.raises(config_lib.ConfigError, match="class 5"):
+        job.check_fits(cell.config.replace(splits=None, splits_sha256=None), mnist)

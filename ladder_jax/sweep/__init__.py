@@ -2,6 +2,7 @@
 
     cells = build_grid(["full", "baseline"], [100, 1000, "all"], [0, 1], epochs=10)
     table = build_table(["full_100:0-4", "full_1000"], [0, 1, 2])  # full_100 with 5 seeds
+    same_rows = build_grid(["full"], [100], [0, 1], splits={"100": "m100.json"})  # a manifest
     outcome = run_sweep(cells, "runs/label_sweep", run_group=run_cells_as_replicas,
                         report=lambda results, final: write_outputs(results, "runs/label_sweep",
                                                                     plot=final))
@@ -12,6 +13,7 @@ from ladder_jax.sweep.grid import (
                                    Cell,
                                    build_grid,
                                    build_table,
+                                   parse_splits,
                                    preset_families,
                                    preset_for,
                                    split_preset,

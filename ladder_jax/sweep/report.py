@@ -33,9 +33,12 @@ CURVES_PNG = "test_error_curves.png"
 #: How many of a run's last evaluations the median figure takes.
 LAST_EVALUATIONS = 10
 #: Error columns are fractions (as in results.json and metrics.jsonl), '' when not known.
-CSV_COLUMNS = ("preset", "num_labels", "seed", "status", "dataset", "test_size", "test_error",
-               "test_error_median_last10", "test_error_at_best_val", "evaluations", "steps",
-               "wall_time_s", "workdir", "error")
+#: splits_file and splits_sha256: the split manifest the cell trained on (the path as given
+#: and the file's sha256), '' when its seed drew its rows.
+CSV_COLUMNS = ("preset", "num_labels", "seed", "status", "dataset", "test_size", "splits_file",
+               "splits_sha256", "test_error", "test_error_median_last10",
+               "test_error_at_best_val", "evaluations", "steps", "wall_time_s", "workdir",
+               "error")
 #: How the reports name the datasets of ladder_jax.datasets (others by their own name).
 DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 
@@ -154,6 +157,35 @@ def _data_lines(results: Sequence[CellResult]) -> list[str]:
     return [("Dataset: " if len(parts) == 1 else "Datasets: ") + "; ".join(parts) + ".", ""]
 
 
+def _manifest_fields(cell: Cell) -> tuple[str, str]:
+    """results.csv's splits_file and splits_sha256 of a cell ('' without a manifest)."""
+    cfg = cell.config
+    return (cfg.splits, cfg.splits_sha256 or "") if cfg.splits else ("", "")
+
+
+def _splits_lines(results: Sequence[CellResult], row_label: Callable[[Cell], str]
+                  ) -> list[str]:
+    """Which training rows each report row (``row_label`` of its cells) labeled and held
+    out: the split manifest its cells trained on (file name, sha256, list lengths; the same
+    rows for every seed) or the rows each seed drew. One line when no row has a manifest."""
+    rows: dict[str, dict[tuple[str, str], Cell]] = {}
+    for r in results:
+        rows.setdefault(row_label(r.cell), {}).setdefault(_manifest_fields(r.cell), r.cell)
+    if not any(path for row in rows.values() for path, _ in row):
+        return [("Splits: labeled rows drawn by each seed (class-balanced), in every row; no "
+                 "split manifest (--splits)."), ""]
+    lines = ["Splits (the labeled and validation rows of each row):", ""]
+    for label, found in rows.items():
+        for (path, sha), cell in found.items():
+            if not path:
+                lines.append(f"- {label}: labeled rows drawn by each seed (class-balanced)")
+                continue
+            lines.append(f"- {label}: manifest `{os.path.basename(path)}` (sha256 {sha}), "
+                         f"{cell.config.num_labels} labeled and {cell.config.num_validation} "
+                         "validation rows, the same for every seed")
+    return lines + [""]
+
+
 def _protocol_lines(with_validation: bool) -> list[str]:
     """What each figure is."""
     best = ("the test error at the evaluation of lowest validation error (the first such "
@@ -227,7 +259,8 @@ def write_csv(results: Sequence[CellResult], path: str) -> None:
                 figures.median_last, figures.at_best_val, figures.evaluations)
             writer.writerow([
                 r.cell.preset, r.cell.num_labels, r.cell.seed, r.status,
-                r.cell.config.dataset, _text(r.test_size), _text(r.test_error),
+                r.cell.config.dataset, _text(r.test_size), *_manifest_fields(r.cell),
+                _text(r.test_error),
                 _text(median), _text(best), _text(evaluations), _text(r.steps),
                 "" if r.wall_time_s is None else f"{r.wall_time_s:.1f}",
                 r.workdir, r.error or "",
@@ -246,6 +279,11 @@ def read_csv(path: str) -> list[dict[str, str]]:
 
 def _sweep_row(cell: Cell) -> tuple[int | str, str]:
     return cell.num_labels, cell.preset
+
+
+def _sweep_row_label(cell: Cell) -> str:
+    """How summary.md names a sweep's row: 'full @ 100'."""
+    return f"{cell.preset} @ {cell.num_labels}"
 
 
 def _sorted_labels(results: Sequence[CellResult]) -> list[int | str]:
@@ -294,14 +332,15 @@ def summary_markdown(results: Sequence[CellResult], command: str | None = None) 
     labels = _sorted_labels(results)
     presets = list(dict.fromkeys(r.cell.preset for r in results))
     with_val = _has_validation(stats)
-    lines = ["# Label-efficiency sweep", "", *_data_lines(results), *_protocol_lines(with_val),
+    lines = ["# Label-efficiency sweep", "", *_data_lines(results),
+             *_splits_lines(results, _sweep_row_label), *_protocol_lines(with_val),
              "Final test error (%):", "", *_grid_lines(stats, labels, presets, "final"),
              f"Median over the last {LAST_EVALUATIONS} evaluations (%):", "",
              *_grid_lines(stats, labels, presets, "median_last")]
     if with_val:
         lines += ["At the lowest validation error (%):", "",
                   *_grid_lines(stats, labels, presets, "at_best_val")]
-    lines += _per_seed_lines(stats, lambda c: f"{c.preset} @ {c.num_labels}", with_val)
+    lines += _per_seed_lines(stats, _sweep_row_label, with_val)
     lines += _pending_lines(results, lambda c: f"{c.preset} at {c.num_labels} labels")
     lines += _failed_lines(results)
     presets_used = dict.fromkeys(f"{r.cell.preset}@{r.cell.num_labels} -> {r.cell.source_preset}"
@@ -493,7 +532,8 @@ def table_markdown(results: Sequence[CellResult], paper: Mapping[str, Published]
     datasets = {_table_row(r.cell): r.cell.config.dataset for r in results}
     published = {row: published_for(row, datasets[row], paper) for row in stats}
     shown = any(published.values())
-    lines = [f"# {title}", "", *_data_lines(results), *_protocol_lines(with_val),
+    lines = [f"# {title}", "", *_data_lines(results), *_splits_lines(results, _table_row),
+             *_protocol_lines(with_val),
              ("n: the row's finished seeds ('k of m' while some of its m cells are pending "
               "or failed)."), ""]
     if shown:

@@ -82,7 +82,8 @@ def check_fits(cfg: TrainConfig, dataset: datasets.Dataset) -> None:
     """ConfigError (one line, naming the fix) when the model, the batch sizes or the label
     count do not fit the dataset: the model's input is not H*W*C (mlp) or H x W x C (conv),
     its top layer not one unit per class, or a class has fewer training examples than the
-    class-balanced labeled set takes of it (num_labels / classes)."""
+    class-balanced labeled set takes of it (num_labels / classes; not for a split manifest,
+    whose rows datasets.splits.check checks as listed)."""
     shapes = cfg.model.layer_shapes
     image = tuple(dataset.image_shape)
     fits_input = math.prod(shapes[0]) == math.prod(image) and (
@@ -105,7 +106,7 @@ def check_fits(cfg: TrainConfig, dataset: datasets.Dataset) -> None:
                           f"{available} unlabeled training images; use at most {available}")
     if cfg.epochs * (available // cfg.unlabeled_batch_size) >= 2**31 - 1:
         raise ConfigError(f"epochs={cfg.epochs} gives more than 2**31 steps; use fewer epochs")
-    if isinstance(cfg.num_labels, int):
+    if isinstance(cfg.num_labels, int) and cfg.splits is None:  # a manifest's rows: checked
         counts = np.bincount(np.asarray(dataset.train_labels), minlength=dataset.num_classes)
         need, fewest = cfg.num_labels // dataset.num_classes, int(np.argmin(counts))
         if counts[fewest] < need:
