@@ -29,8 +29,9 @@ DEVICE_TESTS=(tests/test_model.py tests/test_training_procedure.py tests/test_re
 
 find_python312() {
   local candidates=("${PYTHON312:-}" "$(command -v python3.12 || true)")
-  if command -v pyenv >/dev/null 2>&1; then
+  if command -v pyenv >/dev/null 2>&1; then  # its root, and where the pyenv binary lives
     candidates+=("$(pyenv root)"/versions/3.12*/bin/python3.12)
+    candidates+=("$(dirname "$(dirname "$(command -v pyenv)")")"/versions/3.12*/bin/python3.12)
   fi
   for candidate in "${candidates[@]}"; do
     if [ -n "$candidate" ] && "$candidate" -c \

@@ -24,11 +24,15 @@ def test_device_check_runs_end_to_end_when_shrunk(tmp_path, mnist):
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = (out / "summary.txt").read_text()
-    for step in ("devices", "tests", "benchmark", "replicas_1", "replicas_2", "table_mnist",
+    for step in ("devices", "tests", "benchmark", "memory", "replicas_1", "replicas_2",
+                 "table_mnist",
                  "table_mnist_report", "table_fashion", "table_fashion_report"):
         assert f"== {step} exit 0" in summary, summary
     assert "cpu" in (out / "devices.log").read_text().lower()
     assert json.loads((out / "benchmark.json").read_text())["ms_per_step"] > 0
+    memory = json.loads((out / "memory.json").read_text())["rows"][0]
+    assert memory["preset"] == "full_100" and memory["per_model_bytes"] > 0
+    assert "== replica counts 1 2 " in summary  # from docs/scale_out_memory.json, capped at 2
     for k in (1, 2):
         figures = json.loads((out / f"replicas_{k}.json").read_text())
         assert figures["num_replicas"] == k and figures["group_model_steps_per_s"] > 0
