@@ -1,7 +1,8 @@
 """The convolutional ladder family (ladder_jax/models/conv.py and its layer spec,
-conv_spec.py), through ladder_jax.models, ladder_jax.losses and ladder_jax.config only. Maths tests use a tiny net that has every
-layer type: a strided valid conv, a full conv, a max pool with a partial border window, a
-strided full conv, a global mean pool and an fc top."""
+conv_spec.py), through ladder_jax.models, ladder_jax.losses and ladder_jax.config only.
+Maths tests use a tiny net that has every layer type: a strided valid conv, a full conv, a
+max pool with a partial border window, a strided full conv, a global mean pool and an fc
+top."""
 
 from __future__ import annotations
 

@@ -213,8 +213,9 @@ def test_bad_flags_fail_in_one_line(flag, expected, tmp_path):
 def test_helpfull_documents_every_flag():
     proc = run_cli("--helpfull", timeout=120)
     for name in ("workdir", "preset", "num_labels", "seed", "epochs", "max_steps", "batch_size",
-                 "lr", "noise_std", "denoise_weights", "combinator", "matmul_dtype", "data_source", "data_dir",
-                 "eval_every", "checkpoint_every", "steps_per_call", "restart", "flagfile"):
+                 "lr", "noise_std", "denoise_weights", "combinator", "matmul_dtype",
+                 "data_source", "data_dir", "eval_every", "checkpoint_every", "steps_per_call",
+                 "restart", "flagfile"):
         assert f"--{name}" in proc.stdout or f"--[no]{name}" in proc.stdout, name
 
 

@@ -1,9 +1,9 @@
 """A job: K >= 1 models of one shape (configs that differ only in seed and label count),
 trained together by one compiled program over one device-resident copy of the data.
 
-With K = 1 the state is a plain TrainState and the program has no vmap; with K > 1 every leaf of the state carries a leading
-model axis and the step is vmapped over it. Each model draws its batches, noise and labeled
-set from its own seed exactly as a single run would.
+With K = 1 the state is a plain TrainState and the program has no vmap; with K > 1 every
+leaf of the state carries a leading model axis and the step is vmapped over it. Each model
+draws its batches, noise and labeled set from its own seed exactly as a single run would.
 """
 
 from __future__ import annotations
