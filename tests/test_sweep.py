@@ -28,7 +28,7 @@ import pytest
 
 from ladder_jax import config as config_lib
 from ladder_jax import references, sweep
-from ladder_jax.sweep import report
+from ladder_jax.sweep import plots, report
 from ladder_jax.train import workdir as wd
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,6 +82,8 @@ def test_csv_has_a_finished_row_per_cell(tiny_sweep, mnist):
     for r in rows:
         assert r["status"] == "finished" and r["error"] == ""
         assert (r["dataset"], int(r["test_size"])) == ("mnist", len(mnist.test_labels))
+        assert int(r["train_size"]) == len(mnist.train_labels) and r["model"] == "mlp"
+        assert r["labeled_examples"] == r["num_labels"]
         assert int(r["steps"]) == 20
         assert 0.0 < float(r["test_error"]) < 0.9  # 20 steps: far from chance (0.9)
         assert float(r["wall_time_s"]) > 0
@@ -280,14 +282,15 @@ def test_table_shows_progress_and_curves_before_any_cell_finishes(tiny_sweep, tm
             f"(stops at step 20); latest test error {min(errors):.2f}-{max(errors):.2f} % "
             f"(mean {statistics.fmean(errors):.2f})"
             ) in summary
-    with open(outputs["plot"], "rb") as f:
+    with open(outputs["curves"], "rb") as f:
         assert f.read(8) == PNG_SIGNATURE
+    assert "plot" not in outputs  # no finished cell: no label-efficiency figure yet
     # Nothing evaluated yet: no progress line and no empty plot.
     for r in results:
         os.remove(os.path.join(r.workdir, wd.METRICS_FILE))
-    os.remove(outputs["plot"])
+    os.remove(outputs["curves"])
     outputs = sweep.write_table_outputs(results, str(tmp_path), references.PUBLISHED)
-    assert "plot" not in outputs and not os.path.exists(tmp_path / report.CURVES_PNG)
+    assert "curves" not in outputs and not os.path.exists(tmp_path / report.CURVES_PNG)
     with open(outputs["summary"]) as f:
         assert "in progress" not in f.read()
 
@@ -445,14 +448,28 @@ def test_a_fashion_mnist_sweep_names_its_dataset_and_shows_no_mnist_figures(fash
         assert (row["dataset"], int(row["test_size"])) == ("fashion_mnist", FASHION_TEST_IMAGES)
 
 
+def drawn_figure(draw, monkeypatch):
+    """The matplotlib figure ``draw()`` saves (kept open for the test to read)."""
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda plt, fig, path: drawn.append(fig))
+    assert draw()
+    assert len(drawn) == 1
+    return drawn[0]
+
+
+def panel_texts(ax) -> list[str]:
+    """A panel's title and legend entries, published stars last."""
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    return [ax.get_title()] + sorted(legend, key=lambda t: t.endswith("published"))
+
+
 def plot_texts(results: list[sweep.CellResult], tmp_path, monkeypatch) -> list[str]:
     """The title and legend entries of the label-efficiency plot of ``results``."""
-    drawn = []
-    monkeypatch.setattr(report, "_save", lambda plt, fig, path: (drawn.append(fig),
-                                                                  plt.close(fig)))
-    assert report.plot_label_efficiency(results, str(tmp_path / "plot.png"))
-    ax = drawn[0].axes[0]
-    return [ax.get_title()] + [t.get_text() for t in ax.get_legend().get_texts()]
+    fig = drawn_figure(lambda: plots.plot_label_efficiency(plots.points_of(results),
+                                                           str(tmp_path / "plot.png")),
+                       monkeypatch)
+    assert len(fig.axes) == 1
+    return panel_texts(fig.axes[0])
 
 
 def test_plots_name_the_dataset_and_its_published_figures_only(fashion_sweep, fashion_idx,
@@ -461,16 +478,72 @@ def test_plots_name_the_dataset_and_its_published_figures_only(fashion_sweep, fa
     fashion = sweep.report_sweep(fashion_cells(fashion_idx), fashion_sweep,
                                  lambda results, final: {}).results
     texts = plot_texts(fashion, tmp_path, monkeypatch)
-    assert texts[0].startswith("Permutation-invariant Fashion-MNIST: test error vs. labels")
-    assert texts[1:] == ["full", "baseline"]  # no published points
+    assert texts[0] == "Permutation-invariant Fashion-MNIST"
+    assert texts[1:] == ["full (n=2 seeds)", "baseline (n=2 seeds)"]  # no published points
     mnist_cells = sweep.build_grid(["full", "baseline"], [20, 50], [0, 1],
                                    layer_sizes=(784, 50, 10), epochs=1, max_steps=20,
                                    steps_per_call=10, checkpoint_every=0)
     mnist = sweep.report_sweep(mnist_cells, tiny_sweep, lambda results, final: {}).results
     texts = plot_texts(mnist, tmp_path, monkeypatch)
-    assert texts[0].startswith("Permutation-invariant MNIST: test error vs. labels")
-    assert "full, published (full schedule)" in texts
-    assert "baseline, published (full schedule)" in texts
+    assert texts == ["Permutation-invariant MNIST", "full (n=2 seeds)", "baseline (n=2 seeds)",
+                     "full, published", "baseline, published"]
+
+
+def errorbars(ax) -> dict[str, tuple[list[float], list[float], list[tuple[float, float]]]]:
+    """{legend label: (x, y, [(low, high)] per point)} of a panel's error bars."""
+    out = {}
+    for container in ax.containers:
+        line, _, (bars,) = container.lines
+        out[container.get_label()] = (list(line.get_xdata()), list(line.get_ydata()),
+                                      [(seg[0][1], seg[1][1]) for seg in bars.get_segments()])
+    return out
+
+
+def test_label_figure_has_a_panel_per_dataset_with_median_and_range_over_seeds(
+        tiny_sweep, fashion_sweep, jax_cache, tmp_path, monkeypatch):
+    points = [p for d in (tiny_sweep, fashion_sweep)
+              for p in plots.points_from_csv(os.path.join(d, report.RESULTS_CSV))]
+    fig = drawn_figure(lambda: plots.plot_label_efficiency(points, str(tmp_path / "f.png")),
+                       monkeypatch)
+    mnist_ax, fashion_ax = fig.axes
+    assert panel_texts(mnist_ax)[0] == "Permutation-invariant MNIST"
+    assert panel_texts(fashion_ax) == ["Permutation-invariant Fashion-MNIST",
+                                       "full (n=2 seeds)", "baseline (n=2 seeds)"]
+    rows = sweep.read_csv(os.path.join(tiny_sweep, report.RESULTS_CSV))
+    drawn = errorbars(mnist_ax)
+    for family in ("full", "baseline"):
+        xs, ys, ranges = drawn[f"{family} (n=2 seeds)"]
+        for x, y, (low, high), labels in zip(xs, ys, ranges, (20, 50)):
+            errors = [100 * float(r["test_error"]) for r in rows
+                      if r["preset"] == family and r["num_labels"] == str(labels)]
+            assert len(errors) == 2 and x == pytest.approx(labels, rel=0.15)
+            assert y == pytest.approx(statistics.median(errors))
+            assert (low, high) == pytest.approx((min(errors), max(errors)))
+    # The runner: the same figure from the directories; bad input is one line.
+    out = tmp_path / "label_efficiency.png"
+    ok = subprocess.run([sys.executable, "-m", "experiments.label_figure",
+                         f"--dirs={tiny_sweep},{fashion_sweep}", f"--output={out}"],
+                        cwd=REPO, capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    with open(out, "rb") as f:
+        assert f.read(8) == PNG_SIGNATURE
+    missing = tmp_path / "no_table"
+    for flags, message in (
+            ([f"--dirs={missing}"], f"error: {missing}/results.csv does not exist; name a "),
+            ([f"--dirs={tiny_sweep}", "--families=gamma"],
+             "error: no finished cell of the families gamma in ")):
+        bad = subprocess.run([sys.executable, "-m", "experiments.label_figure", *flags,
+                              f"--output={tmp_path / 'bad.png'}"],
+                             cwd=REPO, capture_output=True, text=True, check=False)
+        assert bad.returncode == 1 and "Traceback" not in bad.stderr
+        assert bad.stderr.strip().splitlines()[-1].startswith(message), bad.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "bad.png")
+    old = tmp_path / "old" / report.RESULTS_CSV
+    old.parent.mkdir()
+    old.write_text("preset,num_labels,seed,status,test_error\nfull,100,0,finished,0.01\n")
+    with pytest.raises(config_lib.ConfigError, match="rewrite it with the sweep's or table's "
+                                                      "--report_only"):
+        plots.points_from_csv(str(old))
 
 
 def test_protocol_figures_come_from_each_runs_metrics(fashion_sweep):
@@ -507,6 +580,9 @@ def test_table_report_gives_the_same_figures(fashion_sweep, fashion_idx, tmp_pat
     results = sweep.report_sweep(fashion_cells(fashion_idx), fashion_sweep,
                                  lambda results, final: {}).results
     outputs = sweep.write_table_outputs(results, str(tmp_path), references.PUBLISHED)
+    for kind in ("curves", "plot"):  # the table's curves and its label-efficiency figure
+        with open(outputs[kind], "rb") as f:
+            assert f.read(8) == PNG_SIGNATURE
     with open(outputs["summary"]) as f:
         table = f.read()
     with open(os.path.join(fashion_sweep, report.SUMMARY_MD)) as f:

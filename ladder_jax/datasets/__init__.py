@@ -51,6 +51,8 @@ _MODULES = {  # name -> module, imported on first use
     "cifar10": "ladder_jax.datasets.cifar10",
 }
 NAMES = tuple(_MODULES)  # the built-in datasets
+#: How reports and figures name the built-in datasets (others go by their own name).
+TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 _FORMS = {  # prefix -> (module, function) of a form of user data, imported on first use
     "tfds": ("ladder_jax.datasets.tfds_by_name", "load"),
     "npz": ("ladder_jax.datasets.arrays", "load_npz"),

@@ -1,4 +1,5 @@
-"""Sweeps: a grid of runs (grid.py), running it (run.py) and reporting it (report.py).
+"""Sweeps: a grid of runs (grid.py), running it (run.py) and reporting it (report.py: results.csv
+and summary.md; plots.py: the PNGs).
 
     cells = build_grid(["full", "baseline"], [100, 1000, "all"], [0, 1], epochs=10)
     table = build_table(["full_100:0-4", "full_1000"], [0, 1, 2])  # full_100 with 5 seeds

@@ -18,29 +18,27 @@ import os
 import statistics
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
-from absl import logging
-
-from ladder_jax import files
-from ladder_jax.references import PUBLISHED, Published, published_for
-from ladder_jax.sweep.grid import Cell, split_preset
+from ladder_jax import datasets, files
+from ladder_jax.references import Published, published_for
+from ladder_jax.sweep import plots
+from ladder_jax.sweep.grid import Cell
+from ladder_jax.sweep.plots import CURVES_PNG, PLOT_PNG
 from ladder_jax.sweep.run import FAILED, FINISHED, PENDING, CellResult
 from ladder_jax.train import workdir as wd
 
 RESULTS_CSV = "results.csv"
 SUMMARY_MD = "summary.md"
-PLOT_PNG = "label_efficiency.png"
-CURVES_PNG = "test_error_curves.png"
 #: How many of a run's last evaluations the median figure takes.
 LAST_EVALUATIONS = 10
 #: Error columns are fractions (as in results.json and metrics.jsonl), '' when not known.
-#: splits_file and splits_sha256: the split manifest the cell trained on (the path as given
-#: and the file's sha256), '' when its seed drew its rows.
-CSV_COLUMNS = ("preset", "num_labels", "seed", "status", "dataset", "test_size", "splits_file",
-               "splits_sha256", "test_error", "test_error_median_last10",
-               "test_error_at_best_val", "evaluations", "steps", "wall_time_s", "workdir",
-               "error")
-#: How the reports name the datasets of ladder_jax.datasets (others by their own name).
-DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+#: labeled_examples: what num_labels means in examples ('all': the training images less the
+#: validation split; '' when the dataset could not be read); model: the model family (mlp,
+#: conv); test_size and train_size: the dataset's test and training images. splits_file and splits_sha256: the split manifest the cell trained on (the path as
+#: given and the file's sha256), '' when its seed drew its rows.
+CSV_COLUMNS = ("preset", "num_labels", "labeled_examples", "seed", "status", "dataset", "model",
+               "test_size", "train_size", "splits_file", "splits_sha256", "test_error",
+               "test_error_median_last10", "test_error_at_best_val", "evaluations", "steps",
+               "wall_time_s", "workdir", "error")
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -136,10 +134,6 @@ def _percent(fraction: float | None) -> str:
     return "-" if fraction is None else f"{100 * fraction:.2f}"
 
 
-def _dataset_title(name: str) -> str:
-    return DATASET_TITLES.get(name, name)
-
-
 def _data_lines(results: Sequence[CellResult]) -> list[str]:
     """'Dataset: Fashion-MNIST (`fashion_mnist`), 10,000 test images ...', from the cells'
     configs and the sizes their results carry."""
@@ -152,7 +146,8 @@ def _data_lines(results: Sequence[CellResult]) -> list[str]:
             sizes = f"{test_size:,} test images (every error is over all of them)"
             if train_size is not None:
                 sizes += f", {train_size:,} training images"
-        title = f"{DATASET_TITLES[name]} (`{name}`)" if name in DATASET_TITLES else f"`{name}`"
+        title = (f"{datasets.TITLES[name]} (`{name}`)" if name in datasets.TITLES
+                 else f"`{name}`")
         parts.append(f"{title}, {sizes}")
     return [("Dataset: " if len(parts) == 1 else "Datasets: ") + "; ".join(parts) + ".", ""]
 
@@ -254,12 +249,15 @@ def write_csv(results: Sequence[CellResult], path: str) -> None:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         for r in results:
-            figures = seed_figures(r) if r.status == FINISHED else None
-            median, best, evaluations = (None, None, None) if figures is None else (
-                figures.median_last, figures.at_best_val, figures.evaluations)
+            mine = seed_figures(r) if r.status == FINISHED else None
+            median, best, evaluations = (None, None, None) if mine is None else (
+                mine.median_last, mine.at_best_val, mine.evaluations)
             writer.writerow([
-                r.cell.preset, r.cell.num_labels, r.cell.seed, r.status,
-                r.cell.config.dataset, _text(r.test_size), *_manifest_fields(r.cell),
+                r.cell.preset, r.cell.num_labels,
+                _text(plots.labeled_examples(r.cell, r.train_size)), r.cell.seed, r.status,
+                r.cell.config.dataset, r.cell.config.model.family, _text(r.test_size),
+                _text(r.train_size),
+                *_manifest_fields(r.cell),
                 _text(r.test_error),
                 _text(median), _text(best), _text(evaluations), _text(r.steps),
                 "" if r.wall_time_s is None else f"{r.wall_time_s:.1f}",
@@ -293,16 +291,13 @@ def _sorted_labels(results: Sequence[CellResult]) -> list[int | str]:
 
 
 def _sweep_published(results: Sequence[CellResult]) -> dict[tuple[int | str, str], Published]:
-    """{(labels, family): published figure} for the sweep's families on its dataset, at
+    """{(labels, family): published figure} for the sweep's families on its datasets, at
     every label count a figure is published for."""
     families = dict.fromkeys(r.cell.preset for r in results)
-    datasets = dict.fromkeys(r.cell.config.dataset for r in results)
     out = {}
-    for preset in PUBLISHED:
-        family, labels = split_preset(preset)
-        found = [f for f in (published_for(preset, d) for d in datasets) if f is not None]
-        if family in families and found:
-            out[(labels, family)] = found[0]
+    for dataset in dict.fromkeys(r.cell.config.dataset for r in results):
+        for key, figure in plots.published_points(families, dataset).items():
+            out.setdefault(key, figure)
     return out
 
 
@@ -366,22 +361,6 @@ def summary_markdown(results: Sequence[CellResult], command: str | None = None) 
     return "\n".join(lines)
 
 
-def _all_labels_x(results: Sequence[CellResult]) -> float:
-    """Where num_labels='all' sits on the plot's x axis: the labeled examples it means
-    (training images less the validation split), else ten times the largest count."""
-    for r in results:
-        if r.train_size is not None:
-            return float(r.train_size - r.cell.config.num_validation)
-    numbers = [r.cell.num_labels for r in results if r.cell.num_labels != "all"]
-    return 10.0 * max(numbers, default=100)
-
-
-def _curve(workdir: str) -> dict[float, float]:
-    """{epoch: test error %} of a run's evaluated epochs (empty if it has none yet)."""
-    return {r["epoch"]: 100 * r["test_error"] for r in wd.read_metrics(workdir)
-            if "test_error" in r}
-
-
 def _epoch(epoch: float) -> str:
     """9.0 -> '9', 0.0333 -> '0.03'."""
     return f"{epoch:.0f}" if float(epoch).is_integer() else f"{epoch:.2f}"
@@ -399,7 +378,7 @@ def _pending_lines(results: Sequence[CellResult], row_of: Callable[[Cell], str])
     for r in pending:
         groups.setdefault(row_of(r.cell), []).append(r)
     for row, group in groups.items():
-        curves = [c for c in (_curve(r.workdir) for r in group) if c]
+        curves = [c for c in (plots.test_error_curve(r.workdir) for r in group) if c]
         if not curves:
             continue
         epochs = [max(c) for c in curves]
@@ -417,101 +396,15 @@ def _pending_lines(results: Sequence[CellResult], row_of: Callable[[Cell], str])
     return lines + ([""] if lines[-1] else [])
 
 
-def _pyplot(path: str):
-    """matplotlib.pyplot on the Agg backend, or None (with a warning saying how to install
-    it, naming the plot ``path`` that is not drawn)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logging.warning("matplotlib is not installed, so %s was not drawn: "
-                        "pip install 'ladder_jax[plots]'", os.path.basename(path))
-        return None
-    return plt
-
-
-def _save(plt, fig, path: str) -> None:
-    """Writes ``fig`` as a PNG to ``path`` atomically, then closes it."""
-    fig.tight_layout()
-    try:
-        files.write_file_atomic(path, lambda f: fig.savefig(f, format="png"), binary=True)
-    finally:
-        plt.close(fig)
-
-
-def _plot_title(results: Sequence[CellResult]) -> str:
-    """'Permutation-invariant MNIST' (dense nets only) or the datasets' names."""
-    names = " / ".join(_dataset_title(d) for d in
-                       dict.fromkeys(r.cell.config.dataset for r in results))
-    dense = all(r.cell.config.model.family == "mlp" for r in results)
-    return f"Permutation-invariant {names}" if dense else names
-
-
-def plot_label_efficiency(results: Sequence[CellResult], path: str) -> bool:
-    """label_efficiency.png: test error % vs labels (log x), mean ± std per preset, with the
-    figures published for the sweep's families on its dataset. Returns False (and logs how
-    to install it) without matplotlib."""
-    if not any(r.status == FINISHED for r in results):
-        return False
-    plt = _pyplot(path)
-    if plt is None:
-        return False
-    import matplotlib.ticker
-    stats = row_stats(results, _sweep_row)
-    labels = _sorted_labels(results)
-    presets = list(dict.fromkeys(r.cell.preset for r in results))
-    all_x = _all_labels_x(results)
-    label_x = lambda n: all_x if n == "all" else float(n)
-    published = _sweep_published(results)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    markers = "osD^v<>"
-    offsets = [1.0, 1.07, 0.935, 1.14, 0.875]
-    plotted = []
-    for i, p in enumerate(presets):
-        pts = [(n, stats[(n, p)].final) for n in labels if (n, p) in stats and stats[(n, p)].n]
-        if not pts:
-            continue
-        xs = [label_x(n) * offsets[i % len(offsets)] for n, _ in pts]
-        ys = [s.mean for _, s in pts]
-        bars = ax.errorbar(xs, ys, yerr=[s.std or 0.0 for _, s in pts],
-                           marker=markers[i % len(markers)], capsize=3, label=p,
-                           linewidth=1.5, markersize=5)
-        plotted += ys
-        paper = [(n, f.mean) for (n, family), f in published.items() if family == p]
-        if paper:
-            ax.scatter([label_x(n) for n, _ in paper], [e for _, e in paper], marker="*",
-                       s=140, color=bars.lines[0].get_color(), edgecolor="black", zorder=5,
-                       label=f"{p}, published (full schedule)")
-            plotted += [e for _, e in paper]
-    ax.set_xscale("log")
-    positive = [y for y in plotted if y > 0]
-    if positive and max(positive) / min(positive) > 20:
-        ax.set_yscale("log")
-        low, high = min(positive) / 1.5, max(positive) * 1.5
-        ax.set_yticks([t for t in (0.2, 0.5, 1, 2, 5, 10, 20, 50, 100) if low <= t <= high])
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    ticks = sorted({label_x(n) for n in labels} | {label_x(n) for n, _ in published})
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([f"all\n({t / 1000:g}k)" if t == all_x else f"{int(t)}" for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("labeled examples")
-    ax.set_ylabel("test error (%)")
-    steps = {r.steps for r in results if r.status == FINISHED}
-    subtitle = f"\n{steps.pop()} training steps per run" if len(steps) == 1 else ""
-    ax.set_title(f"{_plot_title(results)}: test error vs. labels{subtitle}")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(plt, fig, path)
-    return True
-
-
 def write_outputs(results: Sequence[CellResult], sweep_dir: str, *, command: str | None = None,
                   plot: bool = True) -> dict[str, str]:
     """Writes results.csv, summary.md and (if ``plot`` and matplotlib is there) the plot."""
     return _write_all(results, sweep_dir, summary_markdown(results, command),
-                      (PLOT_PNG, plot_label_efficiency) if plot else None)
+                      {"plot": (PLOT_PNG, _draw_label_efficiency)} if plot else {})
+
+
+def _draw_label_efficiency(results: Sequence[CellResult], path: str) -> bool:
+    return plots.plot_label_efficiency(plots.points_of(results), path)
 
 
 # ----------------------------------------------------------------------------- results table
@@ -529,8 +422,8 @@ def table_markdown(results: Sequence[CellResult], paper: Mapping[str, Published]
     and failures."""
     stats = row_stats(results, _table_row)
     with_val = _has_validation(stats)
-    datasets = {_table_row(r.cell): r.cell.config.dataset for r in results}
-    published = {row: published_for(row, datasets[row], paper) for row in stats}
+    dataset_of = {_table_row(r.cell): r.cell.config.dataset for r in results}
+    published = {row: published_for(row, dataset_of[row], paper) for row in stats}
     shown = any(published.values())
     lines = [f"# {title}", "", *_data_lines(results), *_splits_lines(results, _table_row),
              *_protocol_lines(with_val),
@@ -566,66 +459,27 @@ def table_markdown(results: Sequence[CellResult], paper: Mapping[str, Published]
     return "\n".join(lines)
 
 
-def plot_curves(results: Sequence[CellResult], path: str) -> bool:
-    """test_error_curves.png: test error % per epoch (log y), per row the median over seeds
-    and the min-max band, finished runs or not. Returns False when no run has evaluated an
-    epoch yet, or (logging how to install it) without matplotlib."""
-    rows = {}
-    for row in dict.fromkeys(_table_row(r.cell) for r in results):
-        curves = [_curve(r.workdir) for r in results if _table_row(r.cell) == row]
-        if any(curves):
-            rows[row] = [c for c in curves if c]
-    if not rows:
-        return False
-    plt = _pyplot(path)
-    if plt is None:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for row, curves in rows.items():
-        epochs = sorted(set.intersection(*(set(c) for c in curves)))
-        values = [[c[e] for c in curves] for e in epochs]
-        line, = ax.plot(epochs, [statistics.median(v) for v in values],
-                        label=f"{row} (n={len(curves)})", linewidth=1.3)
-        ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values],
-                        color=line.get_color(), alpha=0.2, linewidth=0)
-    import matplotlib.ticker
-    ax.set_yscale("log")
-    low, high = ax.get_ylim()
-    ticks = [t for t in (0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 7, 10, 15, 20, 30, 50, 100)
-             if low <= t <= high]
-    if len(ticks) >= 2:  # plain numbers at round values rather than 6x10^0
-        ax.set_yticks(ticks)
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test error (%)")
-    ax.set_title(f"{_plot_title(results)}: test error per epoch\n"
-                 "median over seeds, min-max band")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(plt, fig, path)
-    return True
-
-
 def write_table_outputs(results: Sequence[CellResult], sweep_dir: str,
                         paper: Mapping[str, Published], *, command: str | None = None,
                         plot: bool = True, title: str = "Results table") -> dict[str, str]:
-    """Writes results.csv, summary.md (table_markdown) and, if ``plot``, the curves PNG."""
+    """Writes results.csv, summary.md (table_markdown) and, if ``plot``, the curves PNG and
+    the label-efficiency PNG of the rows' families."""
+    drawings = {"curves": (CURVES_PNG, lambda r, path: plots.plot_curves(r, path, _table_row)),
+                "plot": (PLOT_PNG, _draw_label_efficiency)}
     return _write_all(results, sweep_dir, table_markdown(results, paper, command, title),
-                      (CURVES_PNG, plot_curves) if plot else None)
+                      drawings if plot else {})
 
 
 def _write_all(results: Sequence[CellResult], sweep_dir: str, summary: str,
-               plot: tuple[str, Callable[..., bool]] | None) -> dict[str, str]:
-    """results.csv, summary.md (``summary``) and the plot (file name, drawing function, which
-    says whether it drew: not before there is something to draw); returns the paths written
-    by kind."""
+               drawings: Mapping[str, tuple[str, Callable[..., bool]]]) -> dict[str, str]:
+    """results.csv, summary.md (``summary``) and the figures (kind -> file name and drawing
+    function, which says whether it drew: not before there is something to draw); returns
+    the paths written by kind."""
     paths = {"csv": os.path.join(sweep_dir, RESULTS_CSV),
              "summary": os.path.join(sweep_dir, SUMMARY_MD)}
     write_csv(results, paths["csv"])
     files.write_text_atomic(paths["summary"], summary)
-    if plot is not None:
-        name, draw = plot
+    for kind, (name, draw) in drawings.items():
         if draw(results, os.path.join(sweep_dir, name)):
-            paths["plot"] = os.path.join(sweep_dir, name)
+            paths[kind] = os.path.join(sweep_dir, name)
     return paths
