@@ -195,18 +195,6 @@ def _floats(name: str, values: list[str]) -> tuple[float, ...]:
             f"--{name}={','.join(values)} must be numbers separated by commas") from None
 
 
-def floats_flag(name: str) -> tuple[float, ...]:
-    """The numbers of a list flag.
-
-    Args:
-      name: the flag's name.
-
-    Returns:
-      Its values as floats (ConfigError, one line, if one is not a number).
-    """
-    return _floats(name, FLAGS[name].value)
-
-
 def _ints(name: str, values: list[str]) -> list[int]:
     try:
         return [int(v) for v in values]

@@ -191,7 +191,7 @@ def test_new_presets_build(name, mnist):
     a positive FLOP count, and a training job over real MNIST with their label count."""
     cfg = config.preset(name)
     params = jax.eval_shape(functools.partial(models.init, cfg=cfg.model), jax.random.key(0))
-    counts = models.count_params(params, cfg.model)
+    counts = models.count_params(params)
     widths = PAPER_WIDTHS
     enc = sum(a * b for a, b in itertools.pairwise(widths))
     assert counts["encoder_W"] == enc

@@ -128,7 +128,7 @@ def test_conv_small_parameters_follow_the_authors_layers():
     assert params["gamma"].shape == (10,)
     assert list(params["g"]) == ["9"] and params["V"] == {}  # Gamma-model: top only
     enc = 25 * 32 + 9 * 32 * 64 + 9 * 64 * 64 + 9 * 64 * 128 + 128 * 10 + 100
-    counts = models.count_params(params, cfg)
+    counts = models.count_params(params)
     assert counts["encoder_W"] == enc and counts["decoder_V"] == 0
     assert counts["combinators"] == 10 * 10
     assert counts["bn_affine"] == 32 + 64 + 64 + 128 + 10 + 10 + 10

@@ -235,7 +235,7 @@ def test_family_registry_and_layer_shapes():
     assert (CFG.num_layers, CFG.num_classes) == (len(SMALL) - 1, SMALL[-1])
     assert [models.layer_size(CFG, layer) for layer in range(len(SMALL))] == list(SMALL)
     params = random_params(CFG, 0)
-    assert models.count_params(params, CFG)["total"] == sum(
+    assert models.count_params(params)["total"] == sum(
         a.size for a in jax.tree_util.tree_leaves(params))
 
 
@@ -665,7 +665,7 @@ def test_preset_decoder_parameters(name, decoded):
 def test_count_params_of_the_paper_ladder():
     def counts(cfg):
         return models.count_params(
-            jax.eval_shape(functools.partial(models.init, cfg=cfg), jax.random.key(0)), cfg)
+            jax.eval_shape(functools.partial(models.init, cfg=cfg), jax.random.key(0)))
 
     widths = config.preset("full_100").model.layer_sizes
     enc = sum(a * b for a, b in itertools.pairwise(widths))

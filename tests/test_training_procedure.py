@@ -496,7 +496,7 @@ def test_paper_ladder_has_3105710_parameters():
     #   total                                                                    = 3,105,710
     cfg = config.preset("full_100").model
     shapes = jax.eval_shape(functools.partial(models.init, cfg=cfg), jax.random.key(0))
-    assert models.count_params(shapes, cfg)["total"] == 3_105_710
+    assert models.count_params(shapes)["total"] == 3_105_710
 
 
 # ------------------------------------------------------------------ 6. the unsupervised path

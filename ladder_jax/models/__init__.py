@@ -193,18 +193,15 @@ def predict_log_probs(params: Params, cfg: ModelConfig, x: jax.Array,
     return jax.nn.log_softmax(encode(params, cfg, x, bn_stats=bn_stats).logits, axis=-1)
 
 
-def count_params(params: Params, cfg: ModelConfig) -> dict[str, int]:
-    """Parameter counts by role.
+def count_params(params: Params) -> dict[str, int]:
+    """Parameter counts by role (every family keys its parameters by the same roles).
 
     Args:
         params: a family's parameters (or their shapes), keyed by role.
-        cfg: the model; every family keys its parameters by the same roles, so the counts
-            need only ``params``.
 
     Returns:
         {'encoder_W', 'decoder_V', 'combinators', 'bn_affine' (beta and gamma), 'total'}.
     """
-    del cfg
 
     def size(tree: object) -> int:
         return sum(int(a.size) for a in jax.tree_util.tree_leaves(tree))

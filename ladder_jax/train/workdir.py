@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -321,13 +320,6 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
-
-
-def to_python(value: Any) -> Any:
-    """numpy/jax scalars -> Python floats/ints for JSON."""
-    if isinstance(value, np.generic | jax.Array):
-        return value.item()
-    return value
 
 
 # A group: K > 1 models trained as one job keep one (stacked) checkpoint in the group's
