@@ -26,7 +26,8 @@ FINISHED, FAILED, PENDING = "finished", "failed", "pending"
 
 @dataclasses.dataclass(frozen=True)
 class CellResult:
-    """What became of a cell. test_error is a fraction (as in results.json); ``ran`` says
+    """What became of a cell. test_error and val_error (None without a validation split) are
+    its final errors, as fractions (as in results.json); ``ran`` says
     whether this sweep called train_and_evaluate for it (False: skipped as finished).
     test_size and train_size are the image counts of the dataset's test and training sets
     (None when the sweep could not read the dataset)."""
@@ -36,6 +37,7 @@ class CellResult:
     status: str  # 'finished', 'failed' or 'pending'
     _: dataclasses.KW_ONLY
     test_error: float | None = None
+    val_error: float | None = None
     steps: int | None = None
     wall_time_s: float | None = None
     error: str | None = None
@@ -89,7 +91,9 @@ def _reached_end(cfg, results: dict[str, Any]) -> bool:
 
 
 def _result_from(cell: Cell, workdir: str, results: dict[str, Any], ran: bool) -> CellResult:
+    val = results.get("final_val_error")
     return CellResult(cell, workdir, FINISHED, test_error=float(results["final_test_error"]),
+                      val_error=None if val is None else float(val),
                       steps=int(results["step"]), wall_time_s=float(results["wall_time_s"]),
                       ran=ran)
 
