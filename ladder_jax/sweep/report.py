@@ -34,8 +34,9 @@ LAST_EVALUATIONS = 10
 #: labeled_examples: what num_labels means in examples ('all': the training images less the
 #: validation split; '' when the dataset could not be read); model: the model family (mlp,
 #: conv); test_size and train_size: the dataset's test and training images; val_error: the
-#: final validation error ('' without a validation split). splits_file and splits_sha256: the split manifest the cell trained on (the path as
-#: given and the file's sha256), '' when its seed drew its rows.
+#: final validation error ('' without a validation split); splits_file and splits_sha256:
+#: the split manifest the cell trained on (the path as given and the file's sha256), '' when
+#: its seed drew its rows.
 CSV_COLUMNS = ("preset", "num_labels", "labeled_examples", "seed", "status", "dataset", "model",
                "test_size", "train_size", "splits_file", "splits_sha256", "test_error",
                "val_error", "test_error_median_last10", "test_error_at_best_val", "evaluations",
@@ -257,9 +258,8 @@ def write_csv(results: Sequence[CellResult], path: str) -> None:
                 r.cell.preset, r.cell.num_labels,
                 _text(plots.labeled_examples(r.cell, r.train_size)), r.cell.seed, r.status,
                 r.cell.config.dataset, r.cell.config.model.family, _text(r.test_size),
-                _text(r.train_size),
-                *_manifest_fields(r.cell),
-                _text(r.test_error), _text(r.val_error),
+                _text(r.train_size), *_manifest_fields(r.cell), _text(r.test_error),
+                _text(r.val_error),
                 _text(median), _text(best), _text(evaluations), _text(r.steps),
                 "" if r.wall_time_s is None else f"{r.wall_time_s:.1f}",
                 r.workdir, r.error or "",
