@@ -3,7 +3,7 @@ labeled examples, one panel per dataset, per preset family the median over seeds
 min-max range, beside the published figures.
 
     python -m experiments.label_figure \
-        --dirs=docs/paper_tables,docs/fashion_mnist_tables --output=docs/label_efficiency.png
+        --dirs=runs/paper_tables,runs/paper_tables_fashion --output=label_efficiency.png
 
 Reads each directory's results.csv (finished cells only; a running table's too) and trains
 nothing. Needs matplotlib: pip install 'ladder_jax[plots]'.
@@ -31,13 +31,23 @@ flags.DEFINE_string("output", "label_efficiency.png", "The PNG to write.")
 def run(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
+    try:
+        import matplotlib  # noqa: F401 - only to say at once that it is missing
+    except ImportError:
+        raise ConfigError("the figure needs matplotlib: pip install 'ladder_jax[plots]'"
+                          ) from None
+    twice = [d for i, d in enumerate(FLAGS.dirs) if d in FLAGS.dirs[:i]]
+    if twice:
+        raise ConfigError(f"{twice[0]} is given twice in --dirs; name each directory once")
     points = [p for directory in FLAGS.dirs
               for p in plots.points_from_csv(os.path.join(directory, report.RESULTS_CSV))]
-    if not any(p.family in FLAGS.families for p in points):
-        raise ConfigError(f"no finished cell of the families {','.join(FLAGS.families)} in "
-                          f"{','.join(FLAGS.dirs)}; check --dirs and --families")
-    if not plots.plot_label_efficiency(points, FLAGS.output, families=FLAGS.families):
-        return 1  # matplotlib missing: the warning says how to install it
+    found = dict.fromkeys(p.family for p in points)
+    absent = [f for f in FLAGS.families if f not in found]
+    if absent:
+        raise ConfigError(f"no finished cell of the family {absent[0]} in {','.join(FLAGS.dirs)}"
+                          f" (finished: {', '.join(found) or 'none'}); check --dirs and "
+                          "--families")
+    plots.plot_label_efficiency(points, FLAGS.output, families=FLAGS.families)
     logging.info("wrote %s", FLAGS.output)
     print(FLAGS.output)
     return 0

@@ -11,8 +11,9 @@ A row named 'preset:seeds' (S or A-B, joined by '+') trains those seeds; the oth
 --seeds. Writes <table_dir>/results.csv, summary.md (its protocol first; per row the final
 test error, the median over the last 10 evaluations and, with --num_validation, the test
 error at the lowest validation error, each as mean ± sample std with n, beside the figure
-published for that row on that dataset; then each seed's figures) and
-test_error_curves.png (median and min-max band over seeds per row, log y). Re-running
+published for that row on that dataset; then each seed's figures), test_error_curves.png
+(median and min-max band over seeds per row, log y) and label_efficiency.png (the rows'
+families against their label counts). Re-running
 skips finished cells and resumes the others; --report_only rewrites those files from what
 the directory holds, without training. --splits=full_100=m.json,baseline_100=m.json trains
 every seed of those rows on that split manifest's rows.
@@ -34,8 +35,8 @@ CONV_ROWS = [r for r in ("conv_small_gamma_100", "conv_fc_100", "conv_small_base
              if r in config.PRESETS]
 
 flags.DEFINE_string("table_dir", "runs/paper_tables", "Directory of the table: one workdir per "
-                    "cell (<family>_labels<N>_seed<S>) plus results.csv, summary.md and "
-                    "test_error_curves.png.")
+                    "cell (<family>_labels<N>_seed<S>) plus results.csv, summary.md, "
+                    "test_error_curves.png and label_efficiency.png.")
 flags.DEFINE_list("rows", MLP_ROWS + CONV_ROWS, "Presets to run, one table row each, in "
                   "the order given (of " + ", ".join(config.PRESETS) + "). 'preset:seeds' "
                   "gives a row seeds of its own: S or A-B (both included), joined by '+', e.g. "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 
@@ -18,6 +19,13 @@ from ladder_jax.train import workdir as wd
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOISES = (0.3, 0.15)
+
+
+def write_csv(path, rows: list[dict[str, str]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def tiny_grid(noise: float, *, num_validation: int = 200, num_labels: int = 20):
@@ -58,13 +66,16 @@ def test_candidates_are_compared_by_their_final_validation_errors(candidates):
     assert f"Chosen: `{found[best].directory}`." in text
     chosen_row = [line for line in text.splitlines() if line.endswith("| **yes** |")]
     assert len(chosen_row) == 1 and found[best].directory in chosen_row[0]
-    # The test errors are not in it.
-    for c in found:
-        for seed in c.seeds:
-            test_error = wd.read_results(os.path.join(
-                c.directory, f"full_labels20_seed{seed}"))["final_test_error"]
-            assert f"{100 * test_error:.2f}" not in text.replace(
-                f"{100 * c.val_errors[c.seeds.index(seed)]:.2f}", "")
+    # Each row's numbers are its validation errors, and no column holds a test error.
+    table = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(table) == len(found)
+    for line, c in zip(table, found):
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert cells[0] == f"`{c.directory}`"
+        assert cells[2] == c.val.text() and cells[3] == str(len(c.seeds))
+        assert cells[4] == ", ".join(f"{s}: {100 * e:.2f}" for s, e in zip(c.seeds,
+                                                                          c.val_errors))
+    assert "test" not in text.splitlines()[4].lower()  # the header
 
 
 def test_the_runner_writes_the_comparison(candidates, tmp_path):
@@ -91,11 +102,30 @@ def test_candidates_that_are_not_comparable_are_refused(candidates, mnist_6000, 
         choice.compare([candidates[0], no_val])
     other_labels = run_tiny(tiny_grid(0.15, num_labels=50), str(tmp_path / "labels50"),
                             mnist_6000)
-    with pytest.raises(ConfigError, match="hold runs of other data, label counts or "
-                                          "validation sizes"):
+    with pytest.raises(ConfigError, match=r"hold runs of other label counts \(num_labels 20 "
+                                          r"vs 50\); candidates must differ in their "
+                                          "settings only"):
         choice.compare([candidates[0], other_labels])
     with pytest.raises(ConfigError, match="does not exist; name the directory of a finished"):
         choice.compare([candidates[0], str(tmp_path / "nothing")])
+    with pytest.raises(ConfigError, match="is given twice; name each candidate once"):
+        choice.compare([candidates[0], candidates[1], candidates[0]])
+    # Other seeds draw other validation rows: not comparable.
+    one_seed = tmp_path / "one_seed"
+    shutil.copytree(candidates[1], one_seed, symlinks=True)
+    rows = sweep.read_csv(one_seed / "results.csv")
+    write_csv(one_seed / "results.csv", [r for r in rows if r["seed"] == "0"])
+    with pytest.raises(ConfigError, match="hold other seeds; give every candidate the same "
+                                          "--seeds"):
+        choice.compare([candidates[0], str(one_seed)])
+    # A sweep still running, and a results.csv of an older version: one line each.
+    write_csv(one_seed / "results.csv", [rows[0], rows[1] | {"status": "pending"}])
+    with pytest.raises(ConfigError, match="has 1 of 2 cells finished; finish its sweep"):
+        choice.compare([candidates[0], str(one_seed)])
+    write_csv(one_seed / "results.csv", [{k: v for k, v in r.items() if k != "val_error"}
+                                         for r in rows])
+    with pytest.raises(ConfigError, match="rewrite it with the sweep's --report_only"):
+        choice.compare([candidates[0], str(one_seed)])
     # Two settings in one directory: not one candidate.
     mixed = tmp_path / "mixed"
     mixed.mkdir()
@@ -105,9 +135,6 @@ def test_candidates_that_are_not_comparable_are_refused(candidates, mnist_6000, 
         os.symlink(os.path.join(source, "full_labels20_seed0"), mixed / name)
         rows.append(next(r for r in sweep.read_csv(os.path.join(source, "results.csv"))
                          if r["seed"] == "0") | {"workdir": str(mixed / name)})
-    with open(mixed / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(mixed / "results.csv", rows)
     with pytest.raises(ConfigError, match="holds cells of different settings"):
         choice.compare([str(mixed), candidates[0]])

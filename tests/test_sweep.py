@@ -13,6 +13,7 @@ from the cache. In-process tests cover the grid, the run_group hook and the outp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -513,12 +514,22 @@ def test_label_figure_has_a_panel_per_dataset_with_median_and_range_over_seeds(
     drawn = errorbars(mnist_ax)
     for family in ("full", "baseline"):
         xs, ys, ranges = drawn[f"{family} (n=2 seeds)"]
+        assert len(xs) == 2
         for x, y, (low, high), labels in zip(xs, ys, ranges, (20, 50)):
             errors = [100 * float(r["test_error"]) for r in rows
                       if r["preset"] == family and r["num_labels"] == str(labels)]
             assert len(errors) == 2 and x == pytest.approx(labels, rel=0.15)
             assert y == pytest.approx(statistics.median(errors))
             assert (low, high) == pytest.approx((min(errors), max(errors)))
+    # Points that cannot share a figure: one seed twice, runs of different lengths.
+    target = str(tmp_path / "refused.png")
+    with pytest.raises(config_lib.ConfigError, match="seed 0, on mnist is given twice"):
+        plots.plot_label_efficiency(points + [points[0]], target)
+    longer = dataclasses.replace(points[0], seed=99, steps=2 * points[0].steps)
+    with pytest.raises(config_lib.ConfigError, match=r"has runs of different lengths \(20, "
+                                                      r"40 steps\)"):
+        plots.plot_label_efficiency(points + [longer], target)
+    assert not os.path.exists(target)
     # The runner: the same figure from the directories; bad input is one line.
     out = tmp_path / "label_efficiency.png"
     ok = subprocess.run([sys.executable, "-m", "experiments.label_figure",
@@ -530,8 +541,10 @@ def test_label_figure_has_a_panel_per_dataset_with_median_and_range_over_seeds(
     missing = tmp_path / "no_table"
     for flags, message in (
             ([f"--dirs={missing}"], f"error: {missing}/results.csv does not exist; name a "),
-            ([f"--dirs={tiny_sweep}", "--families=gamma"],
-             "error: no finished cell of the families gamma in ")):
+            ([f"--dirs={tiny_sweep}", "--families=full,gamma"],
+             (f"error: no finished cell of the family gamma in {tiny_sweep} (finished: full, "
+              "baseline); check --dirs and --families")),
+            ([f"--dirs={tiny_sweep},{tiny_sweep}"], f"error: {tiny_sweep} is given twice")):
         bad = subprocess.run([sys.executable, "-m", "experiments.label_figure", *flags,
                               f"--output={tmp_path / 'bad.png'}"],
                              cwd=REPO, capture_output=True, text=True, check=False)

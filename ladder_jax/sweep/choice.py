@@ -22,8 +22,8 @@ from ladder_jax.sweep.report import RESULTS_CSV, Stat, read_csv
 from ladder_jax.sweep.run import FINISHED
 from ladder_jax.train import workdir as wd
 
-#: Config fields that differ between the cells of one candidate (not its setting).
-_PER_CELL = ("seed", "num_labels")
+#: The config field that differs between the cells of one candidate (not its setting).
+_PER_CELL = ("seed",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,53 +53,64 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _finished_cells(directory: str) -> list[dict[str, str]]:
+    """The cells of a finished sweep (ConfigError, one line, unless every cell finished and
+    has a validation error)."""
     path = os.path.join(directory, RESULTS_CSV)
     try:
-        rows = [r for r in read_csv(path) if r["status"] == FINISHED]
+        rows = read_csv(path)
     except FileNotFoundError:
         raise ConfigError(f"{path} does not exist; name the directory of a finished sweep "
                           "(one per candidate setting)") from None
-    except KeyError as e:
-        raise ConfigError(f"{path} is not a results.csv of this ladder_jax (no {e}); rewrite "
-                          "it with the sweep's --report_only") from None
-    if not rows:
-        raise ConfigError(f"{directory} has no finished cell yet; finish its sweep first")
-    missing = [r["workdir"] for r in rows if r.get("val_error", "") == ""]
+    if not rows or not {"status", "seed", "val_error", "workdir"} <= set(rows[0]):
+        raise ConfigError(f"{path} is not a results.csv of this ladder_jax with validation "
+                          "errors; rewrite it with the sweep's --report_only")
+    finished = [r for r in rows if r["status"] == FINISHED]
+    if len(finished) < len(rows):
+        raise ConfigError(f"{directory} has {len(finished)} of {len(rows)} cells finished; "
+                          "finish its sweep (run its command again) before choosing")
+    missing = [r["workdir"] for r in rows if r["val_error"] == ""]
     if missing:
         raise ConfigError(f"{missing[0]} has no validation error: settings are chosen on a "
                           "validation split, so run the candidates with --num_validation > 0")
-    return rows
+    return finished
 
 
 def compare(directories: Sequence[str]) -> list[Candidate]:
-    """The candidates in the order given. ConfigError (one line) for a directory without a
-    finished sweep, cells without a validation split, or candidates of other data, label
-    counts or validation sizes (their errors would not be comparable)."""
+    """The candidates in the order given. ConfigError (one line) for a directory given twice,
+    a sweep not finished, cells without a validation split, a directory of several settings,
+    or candidates of other data, label counts, validation sizes or seeds (their validation
+    errors would not be comparable: without a manifest the seed draws the rows)."""
     if len(directories) < 2:
         raise ConfigError("give at least two sweep directories to choose between")
+    twice = [d for i, d in enumerate(directories) if d in directories[:i]]
+    if twice:
+        raise ConfigError(f"{twice[0]} is given twice; name each candidate once")
     cells = {d: _finished_cells(d) for d in directories}
     configs = {d: [wd.read_config(os.path.join(d, os.path.basename(r["workdir"])))
                    for r in rows] for d, rows in cells.items()}  # the directory may have moved
-    shared = {}
-    for d, cfgs in configs.items():
-        for cfg in cfgs:
-            key = (cfg.dataset, cfg.data_sha256, cfg.num_labels, cfg.num_validation,
-                   cfg.splits_sha256)
-            shared.setdefault(key, d)
-    if len(shared) > 1:
-        (a, first), (b, other) = list(shared.items())[:2]
-        raise ConfigError(
-            f"{first} and {other} hold runs of other data, label counts or validation sizes "
-            f"(dataset, data hash, labels, validation, manifest: {a} vs {b}); candidates "
-            "must differ in their settings only")
     settings = {d: _flat(cfgs[0].identity()) for d, cfgs in configs.items()}
     for d, cfgs in configs.items():
         for cfg in cfgs[1:]:
             mine = _flat(cfg.identity())
-            differs = [k for k in mine if k not in _PER_CELL and mine[k] != settings[d][k]]
+            differs = [k for k in mine if k not in _PER_CELL and mine[k] != settings[d].get(k)]
             if differs:
                 raise ConfigError(f"{d} holds cells of different settings ({differs[0]}); "
                                   "give each candidate setting a sweep directory of its own")
+    first = directories[0]
+    for d in directories[1:]:
+        for what, key in (("data", "dataset"), ("data", "data_sha256"),
+                          ("label counts", "num_labels"), ("validation sizes", "num_validation"),
+                          ("split manifests", "splits_sha256")):
+            if settings[d].get(key) != settings[first].get(key):
+                raise ConfigError(
+                    f"{first} and {d} hold runs of other {what} ({key} "
+                    f"{settings[first].get(key)} vs {settings[d].get(key)}); candidates must "
+                    "differ in their settings only")
+        if sorted(int(r["seed"]) for r in cells[d]) != sorted(
+                int(r["seed"]) for r in cells[first]):
+            raise ConfigError(f"{first} and {d} hold other seeds; give every candidate the "
+                              "same --seeds (each seed draws its own labeled and validation "
+                              "rows)")
     keys = [k for k in settings[directories[0]] if k not in _PER_CELL
             and len({repr(s.get(k)) for s in settings.values()}) > 1]
     return [Candidate(d, {k: settings[d].get(k) for k in keys},

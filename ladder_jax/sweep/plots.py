@@ -155,22 +155,48 @@ def _round_log_ticks(axis, low: float, high: float) -> None:
         axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
-def _label_axis_x(points: Sequence[Point]):
-    """x position of a label count: the number, 'all' at its labeled examples (else at the
-    training images, where the papers' 'all' sits, else ten times the largest count)."""
+def _label_axis_x(points: Sequence[Point], published_labels: Sequence[int | str]):
+    """(x position of a label count, x of 'all', the tick text of 'all'): a count at its
+    number, 'all' at its labeled examples (else at the training images, where the papers'
+    'all' sits; when neither is known, ten times the largest count, ticked plain 'all')."""
     known = [p.labeled for p in points if p.num_labels == "all" and p.labeled is not None]
     known += [p.train_size for p in points if p.train_size is not None]
-    numbers = [p.labeled for p in points if p.num_labels != "all"]
-    all_x = float(known[0]) if known else 10.0 * max(numbers, default=100)
-    return lambda n: all_x if n == "all" else float(n), all_x
+    if known:
+        all_x, tick = float(known[0]), f"all\n({known[0] / 1000:g}k)"
+    else:
+        numbers = [p.labeled for p in points if p.num_labels != "all"]
+        numbers += [n for n in published_labels if n != "all"]
+        all_x, tick = 10.0 * max(numbers, default=100), "all"
+    return (lambda n: all_x if n == "all" else float(n)), all_x, tick
+
+
+def check_points(points: Sequence[Point]) -> None:
+    """ConfigError (one line) when points cannot share a figure: one seed of a family and
+    label count twice (two directories holding the same cell), or runs of one family and
+    label count of different lengths (say a 200-step sweep beside a 150-epoch table)."""
+    seen: dict[tuple, Point] = {}
+    steps: dict[tuple, set] = {}
+    for p in points:
+        where = (p.dataset, p.family, p.num_labels)
+        if (*where, p.seed) in seen:
+            raise ConfigError(f"{p.family} at {p.num_labels} labels, seed {p.seed}, on "
+                              f"{p.dataset} is given twice; name each table or sweep once")
+        seen[(*where, p.seed)] = p
+        steps.setdefault(where, set()).add(p.steps)
+    for (dataset, family, labels), lengths in steps.items():
+        if len(lengths) > 1:
+            raise ConfigError(
+                f"{family} at {labels} labels on {dataset} has runs of different lengths "
+                f"({', '.join(map(str, sorted(lengths, key=str)))} steps); draw tables or "
+                "sweeps of one schedule together")
 
 
 def _draw_panel(ax, points: Sequence[Point], families: Sequence[str]) -> None:
     """One dataset: per family the median over seeds at each label count, the min-max
     range as error bars, the published figures as stars."""
-    x_of, all_x = _label_axis_x(points)
     dataset = points[0].dataset
     published = published_points(families, dataset)
+    x_of, all_x, all_tick = _label_axis_x(points, [n for n, _ in published])
     plotted, labels_seen = [], set()
     for i, family in enumerate(families):
         mine = [p for p in points if p.family == family]
@@ -186,9 +212,10 @@ def _draw_panel(ax, points: Sequence[Point], families: Sequence[str]) -> None:
         high = [max(v) - m for m, v in zip(medians, by_labels.values())]
         seeds = sorted({len(v) for v in by_labels.values()})
         n = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+        # A family's colour and marker come from its place in ``families``: alike in panels.
         bars = ax.errorbar(xs, medians, yerr=[low, high], marker=_MARKERS[i % len(_MARKERS)],
-                           capsize=3, linewidth=1.5, markersize=5,
-                           label=f"{family} (n={n} seeds)")
+                           capsize=3, linewidth=1.5, markersize=5, color=f"C{i}",
+                           label=f"{family} (n={n} seed{'' if n == '1' else 's'})")
         plotted += [min(v) for v in by_labels.values()] + [max(v) for v in by_labels.values()]
         stars = [(n, f.mean) for (n, fam), f in published.items() if fam == family]
         if stars:
@@ -204,7 +231,7 @@ def _draw_panel(ax, points: Sequence[Point], families: Sequence[str]) -> None:
         _round_log_ticks(ax.yaxis, min(positive) / 1.5, max(positive) * 1.5)
     ticks = sorted({x_of(n) for n in labels_seen})
     ax.set_xticks(ticks)
-    ax.set_xticklabels([f"all\n({t / 1000:g}k)" if t == all_x else f"{int(t)}" for t in ticks])
+    ax.set_xticklabels([all_tick if t == all_x else f"{int(t)}" for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("labeled examples")
     ax.set_ylabel("test error (%)")
@@ -217,9 +244,11 @@ def plot_label_efficiency(points: Sequence[Point], path: str, *,
                           families: Sequence[str] | None = None) -> bool:
     """label_efficiency.png of ``points``: one panel per dataset (first-seen order), the
     ``families`` given (default: all, first-seen order). Returns False when there is no
-    point to draw, or (logging how to install it) without matplotlib."""
+    point to draw, or (logging how to install it) without matplotlib; ConfigError when the
+    points cannot share a figure (``check_points``)."""
     families = list(families or dict.fromkeys(p.family for p in points))
     points = [p for p in points if p.family in families]
+    check_points(points)
     if not points:
         return False
     plt = _pyplot(path)
