@@ -51,7 +51,7 @@ else
   max_replicas=128; replica_steps=(--steps=500 --rounds=1 --steps_per_call=500 --nosolo)
   table=(--steps_per_call=600)
   # The PI-MNIST rows no CPU session has run at 150 epochs yet (gamma_100 with 5 seeds).
-  mnist_rows=full_1000,full_all,bottom_100,amlp_100,gamma_100:0-4,baseline_all
+  mnist_rows=full_1000,full_all,bottom_100,amlp_100,gamma_100:0-4
   seeds=0,1,2; fashion_seeds=0,1,2
   fashion_rows=full_100,baseline_100,full_1000,baseline_1000
 fi
