@@ -19,7 +19,7 @@ from processes import checkpoint_steps, signal_after_checkpoint
 
 from ladder_jax import config, train
 from ladder_jax.train import job as job_lib
-from ladder_jax.train import progress, workdir
+from ladder_jax.train import loop, progress, workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -432,6 +432,19 @@ def test_progress_line_speed_and_eta_read_well_for_fast_and_slow_runs():
     assert progress.speed_string(0.25) == "4.0 s/step"  # a conv step on a CPU: not "0.2 steps/s"
     assert progress.eta_string(3725) == "1h02m" and progress.eta_string(185) == "3m05s"
     assert progress.eta_string(float("inf")) == "?"
+
+
+def test_progress_speed_forgets_a_slow_call_but_results_keep_the_whole_average():
+    """The first call compiles and a SIGSTOP can pause one for minutes: the progress line's
+    speed (and ETA) counts the calls since the last line; results.json keeps the mean."""
+    clock = loop._Clock(0.0, 0)
+    clock.add(100, 50.0)  # compiled, or paused, in this call
+    assert clock.recent_speed() == pytest.approx(2.0)
+    clock.add(100, 1.0)
+    clock.add(100, 1.0)
+    assert clock.recent_speed() == pytest.approx(100.0)
+    assert clock.speed == pytest.approx(300 / 52)
+    assert clock.recent_speed() == pytest.approx(300 / 52)  # no call since: the mean
 
 
 INTERRUPTED = re.compile(r"^interrupted at step (\d+); checkpoint saved; the same command "

@@ -222,12 +222,11 @@ class _Run:
         self.state, losses = job_lib.run_steps(self.job, self.state, num_steps,
                                                first_step=self.step)
         self.step += num_steps
-        self.clock.train_seconds += time.time() - t0
-        self.clock.steps += num_steps
+        self.clock.add(num_steps, time.time() - t0)
         if time.time() - self.clock.last_progress >= PROGRESS_EVERY_S \
                 or self.step == self.job.schedule.end_step:
             progress_lib.log_progress(self.job, self.state, losses, step=self.step,
-                                      speed=self.clock.speed)
+                                      speed=self.clock.recent_speed())
             self.clock.last_progress = time.time()
 
     def end_epoch(self, evaluate: bool) -> None:
@@ -316,11 +315,30 @@ class _Clock:
         self.last_line_step = step
         self.train_seconds = 0.0
         self.steps = 0
+        self._recent_steps, self._recent_seconds = 0, 0.0
+
+    def add(self, steps: int, seconds: float) -> None:
+        """One compiled call of ``steps`` steps that took ``seconds``."""
+        self.steps += steps
+        self.train_seconds += seconds
+        self._recent_steps += steps
+        self._recent_seconds += seconds
 
     @property
     def speed(self) -> float:
-        """Steps per second of the compiled calls so far (0 before the first)."""
+        """Steps per second of the compiled calls so far (0 before the first): what
+        results.json records."""
         return self.steps / self.train_seconds if self.train_seconds else 0.0
+
+    def recent_speed(self) -> float:
+        """Steps per second of the calls since the last time this was asked (the last
+        progress line), then counting starts again: the progress line's speed and ETA, so
+        that the first call's compilation or a pause (SIGSTOP) does not weigh on the lines
+        long after."""
+        speed = (self._recent_steps / self._recent_seconds if self._recent_seconds
+                 else self.speed)
+        self._recent_steps, self._recent_seconds = 0, 0.0
+        return speed
 
     def elapsed(self) -> float:
         """Wall time of the run over all its processes' lives so far."""
