@@ -40,7 +40,7 @@ def run(argv: list[str]) -> int:
     if twice:
         raise ConfigError(f"{twice[0]} is given twice in --dirs; name each directory once")
     points = [p for directory in FLAGS.dirs
-              for p in plots.points_from_csv(os.path.join(directory, report.RESULTS_CSV))]
+              for p in report.points_from_csv(os.path.join(directory, report.RESULTS_CSV))]
     found = dict.fromkeys(p.family for p in points)
     absent = [f for f in FLAGS.families if f not in found]
     if absent:

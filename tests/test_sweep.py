@@ -503,7 +503,7 @@ def errorbars(ax) -> dict[str, tuple[list[float], list[float], list[tuple[float,
 def test_label_figure_has_a_panel_per_dataset_with_median_and_range_over_seeds(
         tiny_sweep, fashion_sweep, jax_cache, tmp_path, monkeypatch):
     points = [p for d in (tiny_sweep, fashion_sweep)
-              for p in plots.points_from_csv(os.path.join(d, report.RESULTS_CSV))]
+              for p in report.points_from_csv(os.path.join(d, report.RESULTS_CSV))]
     fig = drawn_figure(lambda: plots.plot_label_efficiency(points, str(tmp_path / "f.png")),
                        monkeypatch)
     mnist_ax, fashion_ax = fig.axes
@@ -556,7 +556,7 @@ def test_label_figure_has_a_panel_per_dataset_with_median_and_range_over_seeds(
     old.write_text("preset,num_labels,seed,status,test_error\nfull,100,0,finished,0.01\n")
     with pytest.raises(config_lib.ConfigError, match="rewrite it with the sweep's or table's "
                                                       "--report_only"):
-        plots.points_from_csv(str(old))
+        report.points_from_csv(str(old))
 
 
 def test_protocol_figures_come_from_each_runs_metrics(fashion_sweep):

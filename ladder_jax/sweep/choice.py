@@ -42,16 +42,6 @@ class Candidate:
         return Stat.of(self.val_errors)
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _finished_cells(directory: str) -> list[dict[str, str]]:
     """The cells of a finished sweep (ConfigError, one line, unless every cell finished and
     has a validation error)."""
@@ -88,10 +78,10 @@ def compare(directories: Sequence[str]) -> list[Candidate]:
     cells = {d: _finished_cells(d) for d in directories}
     configs = {d: [wd.read_config(os.path.join(d, os.path.basename(r["workdir"])))
                    for r in rows] for d, rows in cells.items()}  # the directory may have moved
-    settings = {d: _flat(cfgs[0].identity()) for d, cfgs in configs.items()}
+    settings = {d: wd.flatten(cfgs[0].identity()) for d, cfgs in configs.items()}
     for d, cfgs in configs.items():
         for cfg in cfgs[1:]:
-            mine = _flat(cfg.identity())
+            mine = wd.flatten(cfg.identity())
             differs = [k for k in mine if k not in _PER_CELL and mine[k] != settings[d].get(k)]
             if differs:
                 raise ConfigError(f"{d} holds cells of different settings ({differs[0]}); "

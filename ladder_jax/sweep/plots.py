@@ -3,14 +3,13 @@
 - label_efficiency.png: test error vs. labeled examples, one panel per dataset, per preset
   family the median over seeds with the min-max range, beside the figures published for
   that family on that dataset. Drawn from a sweep's or table's results, or from the
-  results.csv files of several (``points_from_csv``; experiments.label_figure).
+  results.csv files of several (``report.points_from_csv``; experiments.label_figure).
 - test_error_curves.png: a table's test error per epoch, per row the median over seeds and
   the min-max band.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 import statistics
@@ -65,29 +64,6 @@ def points_of(results: Sequence[CellResult]) -> list[Point]:
                   labeled_examples(r.cell, r.train_size), r.cell.seed, r.test_error, r.steps,
                   r.cell.config.model.family == "mlp")
             for r in results if r.status == FINISHED]
-
-
-def points_from_csv(path: str) -> list[Point]:
-    """The finished cells of a sweep's or table's results.csv as points. ConfigError (one
-    line) for a file that is missing or not such a CSV."""
-    def number(text):
-        return None if text == "" else int(text)
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        return [Point(row["dataset"], number(row["train_size"]), row["preset"],
-                      row["num_labels"] if row["num_labels"] == "all"
-                      else int(row["num_labels"]), number(row["labeled_examples"]),
-                      int(row["seed"]), float(row["test_error"]), number(row["steps"]),
-                      row["model"] == "mlp")
-                for row in rows if row["status"] == FINISHED]
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist; name a sweep or table directory that holds "
-                          "results.csv (run it, or its --report_only, first)") from None
-    except (KeyError, ValueError, TypeError, csv.Error) as e:
-        raise ConfigError(f"{path} is not a results.csv of this ladder_jax ({type(e).__name__}: "
-                          f"{e}); rewrite it with the sweep's or table's --report_only"
-                          ) from None
 
 
 def dataset_title(name: str) -> str:

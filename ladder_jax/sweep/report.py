@@ -19,6 +19,7 @@ import statistics
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
 from ladder_jax import datasets, files
+from ladder_jax.errors import ConfigError
 from ladder_jax.references import Published, published_for
 from ladder_jax.sweep import plots
 from ladder_jax.sweep.grid import Cell
@@ -271,6 +272,27 @@ def read_csv(path: str) -> list[dict[str, str]]:
     """The rows of a results.csv as dicts of strings."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def points_from_csv(path: str) -> list[plots.Point]:
+    """The finished cells of a sweep's or table's results.csv as label-efficiency points.
+    ConfigError (one line) for a file that is missing or not such a CSV."""
+    def number(text):
+        return None if text == "" else int(text)
+    try:
+        return [plots.Point(row["dataset"], number(row["train_size"]), row["preset"],
+                            row["num_labels"] if row["num_labels"] == "all"
+                            else int(row["num_labels"]), number(row["labeled_examples"]),
+                            int(row["seed"]), float(row["test_error"]), number(row["steps"]),
+                            row["model"] == "mlp")
+                for row in read_csv(path) if row["status"] == FINISHED]
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist; name a sweep or table directory that holds "
+                          "results.csv (run it, or its --report_only, first)") from None
+    except (KeyError, ValueError, TypeError, csv.Error) as e:
+        raise ConfigError(f"{path} is not a results.csv of this ladder_jax ({type(e).__name__}: "
+                          f"{e}); rewrite it with the sweep's or table's --report_only"
+                          ) from None
 
 
 # ----------------------------------------------------------------------------- label sweep
