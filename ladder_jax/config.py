@@ -122,7 +122,8 @@ class ModelConfig:
     combinator: 'gauss' (the paper's), 'amlp' (Pezeshki et al. 2016) or 'linear'.
     amlp_hidden: hidden units of each per-unit AMLP combinator.
     bn_eps: added to the batch variance before the square root (authors' code: 1e-10).
-    matmul_dtype: 'float32' (the paper's computation), or 'bfloat16': every matmul, forward
+    matmul_dtype: 'float32' (the paper's computation, on every backend: not the TF32 or
+        bfloat16 passes JAX defaults to on GPUs and TPUs), or 'bfloat16': every matmul, forward
         and backward, takes bfloat16 operands and accumulates in float32. Off by default: it
         changes the computation (faster where bfloat16 matmuls are, e.g. CPUs with
         AVX512-BF16; BUILD_NOTES.md has its measured speed and accuracy).

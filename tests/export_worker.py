@@ -38,6 +38,10 @@ def describe(name: str, exported: export.Exported) -> dict:
                                | set(re.findall(r'call_target_name = "([^"]+)"', text))),
         "convolutions": len(re.findall(r"stablehlo\.convolution", text)),
         "dot_generals": len(re.findall(r"stablehlo\.dot_general", text)),
+        # products left at JAX's default precision (TF32 on recent GPUs, bfloat16 on TPUs)
+        "below_float32": sum(1 for line in text.splitlines()
+                             if re.search(r"stablehlo\.(dot_general|convolution)\b", line)
+                             and "HIGHEST" not in line),
         "num_devices": exported.nr_devices,
     }
 

@@ -45,6 +45,8 @@ def worker_env(xla_flags: str = "") -> dict[str, str]:
     repo = os.path.dirname(os.path.dirname(WORKER))
     env["PYTHONPATH"] = os.pathsep.join([repo, env.get("PYTHONPATH", "")])
     env["XLA_FLAGS"] = f"--xla_backend_optimization_level=0 {xla_flags}".strip()
+    # The forced host devices are CPU devices; on a GPU machine JAX would default to the GPU.
+    env["JAX_PLATFORMS"] = "cpu"
     return env
 
 

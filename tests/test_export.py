@@ -1,7 +1,8 @@
 """Cross-platform lowering from this CPU (jax.export): the training chunk (one model, K = 4
 replicas, data parallel over a mesh of 4 host devices), the population statistics, the
 evaluation and the prediction, for the MLP and Conv-Small, lower for CUDA and TPU with no
-custom call; the conv family lowers to convolutions there (im2col matmuls on the CPU); the
+custom call and every product at float32 precision (not the GPU's TF32 default); the conv
+family lowers to convolutions there (im2col matmuls on the CPU); the
 CPU-only threefry registration (platform.setup) leaves the accelerator programs unchanged."""
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def test_every_program_exports_for_cuda_and_tpu_without_custom_calls(accelerator
         assert row["platforms"] == ["cuda", "tpu"]
         assert row["custom_calls"] == [], row["name"]
         assert row["dot_generals"] > 0, row["name"]  # the real network, not an empty shell
+        assert row["below_float32"] == 0, row["name"]  # float32 products on the device too
     assert accelerators["mlp_chunk_data_parallel_4_devices"]["num_devices"] == 4
 
 

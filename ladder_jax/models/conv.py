@@ -212,7 +212,8 @@ def _convolve(x: jax.Array, w: jax.Array, geometry: Sequence[Geometry]) -> jax.A
     """NHWC input, HWIO filters, one Geometry per spatial axis; float32."""
     return jax.lax.conv_general_dilated(
         x, w, tuple(g.stride for g in geometry), tuple(g.pad for g in geometry),
-        lhs_dilation=tuple(g.lhs_dilation for g in geometry), dimension_numbers=_DIMS)
+        lhs_dilation=tuple(g.lhs_dilation for g in geometry), dimension_numbers=_DIMS,
+        precision=ops.FLOAT32)
 
 
 def _encoder_conv(x: jax.Array, w: jax.Array, layer: Layer, lowering: str) -> jax.Array:

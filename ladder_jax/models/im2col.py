@@ -18,6 +18,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from ladder_jax.models.ops import FLOAT32
+
 
 def output_side(n: int, kernel: int, stride: int, pad: tuple[int, int]) -> int:
     """A convolution's output length along an axis of length ``n`` padded by ``pad``."""
@@ -48,7 +50,7 @@ def conv(x: jax.Array, w: jax.Array, stride: int, pad: tuple[int, int]) -> jax.A
     """lax.conv_general_dilated(x, w, (stride,) * 2, (pad,) * 2) for NHWC x, HWIO w."""
     kernel, _, _, c_out = w.shape
     cols = patches(x, kernel, stride, pad)
-    y = jnp.dot(cols.reshape(-1, cols.shape[-1]), w.reshape(-1, c_out))
+    y = jnp.dot(cols.reshape(-1, cols.shape[-1]), w.reshape(-1, c_out), precision=FLOAT32)
     return y.reshape(*cols.shape[:3], c_out)
 
 
@@ -57,7 +59,7 @@ def conv_transpose(y: jax.Array, w: jax.Array, stride: int, pad: tuple[int, int]
     """The transpose of x -> conv(x, w, stride, pad) for x of per-example shape
     ``in_shape`` (H, W, C_in), applied to y [B, Ho, Wo, C_out]: [B, H, W, C_in]."""
     kernel, _, _, c_out = w.shape
-    cols = jnp.dot(y.reshape(-1, c_out), w.reshape(-1, c_out).T)
+    cols = jnp.dot(y.reshape(-1, c_out), w.reshape(-1, c_out).T, precision=FLOAT32)
     cols = cols.reshape(*y.shape[:3], -1)
     to_patches = functools.partial(patches, kernel=kernel, stride=stride, pad=pad)
     x_spec = jax.ShapeDtypeStruct((y.shape[0], *in_shape), y.dtype)
