@@ -18,6 +18,9 @@
 # the Fashion-MNIST .deb into .device_cache/ (ignored by git; pass it as a carried path).
 # DEVICE_CHECK_TINY=1 shrinks every step so that the whole script runs on a CPU in minutes
 # (tests/test_device_check.py). DEVICE_CHECK_BUDGET_S (default 520) bounds the whole run.
+# DEVICE_CHECK_SKIP=memory,replicas (any of tests, benchmark, memory, replicas, table_mnist,
+# table_fashion) leaves those stages out, so that a device session whose figures are already
+# recorded gives the tables its time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/device_check}"
@@ -28,12 +31,16 @@ if [ -d .device_cache ] && [ -z "${LADDER_JAX_DATA_DIR:-}" ]; then
 fi
 python="${PYTHON:-python3}"
 budget="${DEVICE_CHECK_BUDGET_S:-520}"
+skip=",${DEVICE_CHECK_SKIP:-},"
 start=$SECONDS
 left() { echo $(( budget - (SECONDS - start) )); }
 note() { echo "== $* [$(( SECONDS - start )) s]" | tee -a "$OUT/summary.txt"; }
+# skipped NAME: whether DEVICE_CHECK_SKIP names NAME's stage (replicas_K: replicas)
+skipped() { [[ "$skip" == *",${1%%_[0-9]*},"* ]]; }
 # run NAME SECONDS CMD...: one step, its output in $OUT/NAME.log, never stopping the script
 run() {
   local name=$1 limit=$2; shift 2
+  if skipped "$name"; then note "$name skipped (DEVICE_CHECK_SKIP)"; return; fi
   if [ "$limit" -le 5 ]; then note "$name skipped (no time left)"; return; fi
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   note "$name exit $? ($(tail -n 1 "$OUT/$name.log" | cut -c1-150))"
@@ -65,9 +72,12 @@ run benchmark 90 "$python" -m experiments.measure.benchmark "${bench[@]}" \
 # The same memory account compiled on the device, beside the CPU-compiled table.
 run memory 60 "$python" -m experiments.measure.memory --presets=full_100 --replicas=1,2,4 \
   --output="$OUT/memory.json"
-# K = 1, K_fit / 4, K_fit: K_fit from the table and the first device's memory (its
-# bytes_limit; 16 GB where the device does not say), 80 % of it for the models.
-read -r -a replicas < <("$python" - "$max_replicas" <<'PY' 2>"$OUT/replica_counts.log"
+if skipped replicas; then
+  note "replicas skipped (DEVICE_CHECK_SKIP)"
+else
+  # K = 1, K_fit / 4, K_fit: K_fit from the table and the first device's memory (its
+  # bytes_limit; 16 GB where the device does not say), 80 % of it for the models.
+  read -r -a replicas < <("$python" - "$max_replicas" <<'PY' 2>"$OUT/replica_counts.log"
 import json, sys
 import jax
 cap = int(sys.argv[1])
@@ -79,18 +89,20 @@ fit = max(1, min(cap, (int(0.8 * limit) - row["shared_bytes"]) // row["per_model
 print(" ".join(map(str, sorted({1, max(1, fit // 4), fit}))))
 PY
 )
-[ "${#replicas[@]}" -gt 0 ] || replicas=(1)
-note "replica counts ${replicas[*]} ($(tail -n 1 "$OUT/replica_counts.log" 2>/dev/null | cut -c1-100))"
-for k in "${replicas[@]}"; do
-  run "replicas_$k" 60 "$python" -m experiments.measure.replica_throughput --num_replicas="$k" \
-    "${replica_steps[@]}" --output="$OUT/replicas_$k.json"
-done
+  [ "${#replicas[@]}" -gt 0 ] || replicas=(1)
+  note "replica counts ${replicas[*]} ($(tail -n 1 "$OUT/replica_counts.log" 2>/dev/null | cut -c1-100))"
+  for k in "${replicas[@]}"; do
+    run "replicas_$k" 60 "$python" -m experiments.measure.replica_throughput --num_replicas="$k" \
+      "${replica_steps[@]}" --output="$OUT/replicas_$k.json"
+  done
+fi
 # table NAME SECONDS FLAGS...: paper-table rows in $OUT/NAME, then their report, which holds
 # how far unfinished rows got (progress lines, curves PNG) when the time ran out; in the
 # background, so that two tables share the device (each takes its memory as it needs it)
 table() {
   local name=$1 limit=$2; shift 2
   local args=(-m experiments.paper_tables --table_dir="$OUT/$name" "$@" "${table[@]}")
+  if skipped "$name"; then note "$name skipped (DEVICE_CHECK_SKIP)"; return; fi
   (
     export XLA_PYTHON_CLIENT_PREALLOCATE=false
     run "$name" $(( limit - 30 )) "$python" "${args[@]}"
