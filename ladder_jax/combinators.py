@@ -12,6 +12,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ladder_jax.models.ops import FLOAT32
+
 Params = dict[str, jax.Array]
 
 
@@ -73,10 +75,9 @@ def amlp_apply(p: Params, z_noisy: jax.Array, u: jax.Array) -> jax.Array:
     z_hat = sum_k w2[k] hidden_k + b2.   Shapes: [batch, width] -> [batch, width].
     """
     inputs = jnp.stack([z_noisy, u, z_noisy * u])  # [3, batch, width]
-    full = jax.lax.Precision.HIGHEST  # float32 on every backend (models.ops.FLOAT32)
-    pre = jnp.einsum("ibw,ihw->bhw", inputs, p["w1"], precision=full) + p["b1"]
+    pre = jnp.einsum("ibw,ihw->bhw", inputs, p["w1"], precision=FLOAT32) + p["b1"]
     hidden = jax.nn.leaky_relu(pre, AMLP_LEAK)
-    return jnp.einsum("bhw,hw->bw", hidden, p["w2"], precision=full) + p["b2"]
+    return jnp.einsum("bhw,hw->bw", hidden, p["w2"], precision=FLOAT32) + p["b2"]
 
 
 #: The registry: name -> (init(key, width, hidden), apply). ModelConfig validates against it.
