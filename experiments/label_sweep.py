@@ -32,9 +32,6 @@ flags.DEFINE_list("presets", ["full", "gamma", "baseline"],
                   "settings for the cell's label count where the paper gives them (full_50, "
                   "full_100, full_1000, full_all, ...), and the family's 100-label preset "
                   "otherwise.")
-flags.DEFINE_bool("replicas", True, "Train the seeds of a row (same preset family and label "
-                  "count) as replicas in one compiled program; --noreplicas runs every cell "
-                  "on its own.")
 shared_flags.define_model_flags(preset=False)
 shared_flags.define_data_flags(per_run=False)
 shared_flags.define_cell_splits_flag(
@@ -43,6 +40,7 @@ shared_flags.define_cell_splits_flag(
 shared_flags.define_schedule_flags()
 shared_flags.define_output_flags()
 shared_flags.define_report_flag()
+shared_flags.define_replicas_flag()
 shared_flags.install_grouped_help()
 
 
@@ -66,7 +64,7 @@ def run(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
     return sweep_driver.run_sweep_or_report(
         "experiments.label_sweep", cells_from_flags(), FLAGS.sweep_dir,
-        sweep.run_cells_as_replicas if FLAGS.replicas else None,
+        shared_flags.run_group_from_flags(),
         lambda results, final, command: sweep.write_outputs(results, FLAGS.sweep_dir,
                                                             command=command, plot=final))
 

@@ -50,6 +50,7 @@ shared_flags.define_cell_splits_flag(
 shared_flags.define_schedule_flags()
 shared_flags.define_output_flags()
 shared_flags.define_report_flag()
+shared_flags.define_replicas_flag()
 shared_flags.install_grouped_help()
 
 
@@ -66,7 +67,7 @@ def run(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
     return sweep_driver.run_sweep_or_report(
         "experiments.paper_tables", cells_from_flags(), FLAGS.table_dir,
-        sweep.run_cells_as_replicas,
+        shared_flags.run_group_from_flags(),
         lambda results, final, command: sweep.write_table_outputs(
             results, FLAGS.table_dir, references.PUBLISHED, command=command, plot=final,
             title="The paper's tables, reproduced"))

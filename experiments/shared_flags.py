@@ -14,7 +14,7 @@ from typing import Any
 
 from absl import flags
 
-from ladder_jax import combinators, config, datasets
+from ladder_jax import combinators, config, datasets, sweep
 from ladder_jax.datasets import splits
 
 FLAGS = flags.FLAGS
@@ -130,6 +130,18 @@ def define_report_flag() -> None:
     _define("bool", "report_only", False, "Train nothing: write results.csv, summary.md "
             "(pending cells with how far they got) and the plot from what the directory "
             "holds now. Safe beside the running sweep.", OUTPUT)
+
+
+def define_replicas_flag() -> None:
+    """--replicas of the sweeps: the seeds of a row in one compiled program, or one by one."""
+    _define("bool", "replicas", True, "Train the seeds of a row (same preset family and label "
+            "count) as replicas in one compiled program; --noreplicas runs every cell on its "
+            "own (as fast on a CPU, and each cell finishes sooner).", OUTPUT)
+
+
+def run_group_from_flags():
+    """sweep.run_sweep's run_group for --replicas: replicas, or None (one cell at a time)."""
+    return sweep.run_cells_as_replicas if FLAGS.replicas else None
 
 
 def define_run_flags(default_workdir_help: str) -> None:
@@ -318,20 +330,22 @@ def _check_conv_input(base: config.TrainConfig, model: dict[str, Any], shape: tu
 def _resized(base: config.TrainConfig, field: str, value: Any, model: dict[str, Any]
              ) -> dict[str, Any]:
     """Changes for a new layer structure: per-layer settings of the preset no longer fit, so
-    noise keeps its first value and the denoising weights must be given anew."""
+    noise keeps the preset's input value and its first layer's value for every layer above,
+    and the denoising weights must be given anew."""
     changes: dict[str, Any] = {field: value}
     if field == "conv_layers":
         changes["family"] = "conv"
     else:
         changes["family"] = "mlp"
-    changes.setdefault("noise_std", model.get("noise_std", base.model.noise_std[0]))
-    if "denoise_weights" not in model:
-        probe = config.ModelConfig(**{**changes, "denoise_weights": 0.0,
-                                      "input_shape": base.model.input_shape})
-        if probe.num_layers != base.model.num_layers:
-            raise config.ConfigError(
-                f"--{field} gives {probe.num_layers + 1} layers (input included); give "
-                f"--denoise_weights with {probe.num_layers + 1} values too")
+    probe = config.ModelConfig(**{**changes, "noise_std": 0.0, "denoise_weights": 0.0,
+                                  "input_shape": base.model.input_shape})
+    if "noise_std" not in model:
+        input_noise, layer_noise = base.model.noise_std[0], base.model.noise_std[1]
+        changes["noise_std"] = (input_noise,) + (layer_noise,) * probe.num_layers
+    if "denoise_weights" not in model and probe.num_layers != base.model.num_layers:
+        raise config.ConfigError(
+            f"--{field} gives {probe.num_layers + 1} layers (input included); give "
+            f"--denoise_weights with {probe.num_layers + 1} values too")
     return changes
 
 

@@ -343,6 +343,21 @@ def test_combinator_per_channel_reaches_a_conv_net_and_an_mlp_refuses_it():
             shared_flags.config_from_flags(config.preset(FLAGS.preset))
 
 
+def test_a_new_layer_structure_keeps_the_presets_input_and_layer_noise():
+    """The baseline's noise is 0.3 on the input and 0.5 above (the authors' code); new
+    --layer_sizes or --conv_layers keep both values, and a given --noise_std wins."""
+    with runner_flags("experiments.train"):
+        for argv, expected in (
+                (["--layer_sizes=784,50,20,10"], (0.3, 0.5, 0.5, 0.5)),
+                (["--conv_layers=convv:8:3:1:1-globalmeanpool:0-fc:10"], (0.3, 0.5, 0.5, 0.5)),
+                (["--layer_sizes=784,50,10", "--noise_std=0.2"], 0.2)):
+            parse(["--preset=baseline_100", "--denoise_weights=0", *argv])
+            cfg = shared_flags.config_from_flags(config.preset(FLAGS.preset))
+            if isinstance(expected, float):
+                expected = (expected,) * (cfg.model.num_layers + 1)
+            assert cfg.model.noise_std == expected, argv
+
+
 def test_the_sweeps_own_num_labels_is_not_a_run_setting(datasets_by_name):
     """Found: every label sweep failed with TypeError (its list --num_labels was passed to
     build_grid a second time, as a training change)."""

@@ -135,7 +135,8 @@ def test_replace_validates_too():
 
 # LADDER_SPEC.md, "Paper settings, permutation-invariant MNIST": lambdas layer 0 first,
 # encoder noise, number of labels, combinator (the AMLP row of its results table runs the
-# 100-label settings with Pezeshki et al.'s combinator).
+# 100-label settings with Pezeshki et al.'s combinator). The encoder noise is the authors'
+# --f-local-noise-std, layers 1..L; their input noise stays at --super-noise-std's 0.3.
 SEMI_100 = (1000.0, 10.0, 0.1, 0.1, 0.1, 0.1, 0.1)
 SEMI_1000 = (2000.0, 20.0, 0.1, 0.1, 0.1, 0.1, 0.1)
 NO_LAMBDAS = (0.0,) * 7
@@ -166,7 +167,7 @@ def test_preset_matches_the_spec_table(name):
     weights, noise, labels, combinator = SPEC_PRESETS[name]
     cfg = config.preset(name)
     assert cfg.model.denoise_weights == weights
-    assert cfg.model.noise_std == (noise,) * 7
+    assert cfg.model.noise_std == (0.3,) + (noise,) * 6
     assert cfg.num_labels == labels
     assert cfg.model.combinator == combinator
     # settings common to all of the paper's MNIST runs

@@ -630,28 +630,33 @@ def test_rows_with_seeds_of_their_own_resume_the_cells_of_a_table(fashion_idx, j
                    "experiments.paper_tables")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert trained_cells(proc.stderr) == ["baseline_labels100_seed0"]
-    # The same directory with rows that name their seeds: the finished cell is kept.
-    rows = ["--rows=baseline_100:0-1,gamma_100:3", "--seeds=0"]
+    # The same directory with rows that name their seeds: the finished cell is kept. With
+    # --noreplicas the row's two pending seeds train one after the other, each in its own
+    # workdir (no group checkpoint).
+    rows = ["--rows=baseline_100:0-2,gamma_100:3", "--seeds=0", "--noreplicas"]
     proc = run_cli([*common, *rows], jax_cache, "experiments.paper_tables")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert trained_cells(proc.stderr) == ["baseline_labels100_seed1", "gamma_labels100_seed3"]
+    assert trained_cells(proc.stderr) == ["baseline_labels100_seed1", "baseline_labels100_seed2",
+                                          "gamma_labels100_seed3"]
+    assert "one of 2 replicas" not in proc.stderr and not os.path.exists(f"{table_dir}/groups")
     assert re.findall(r"cell (\S+): finished before", proc.stderr) == [
         "baseline_labels100_seed0"]
     csv_rows = sweep.read_csv(os.path.join(table_dir, report.RESULTS_CSV))
     assert [(r["preset"], r["num_labels"], r["seed"], r["status"]) for r in csv_rows] == [
         ("baseline", "100", "0", "finished"), ("baseline", "100", "1", "finished"),
-        ("gamma", "100", "3", "finished")]
+        ("baseline", "100", "2", "finished"), ("gamma", "100", "3", "finished")]
     assert [os.path.basename(r["workdir"]) for r in csv_rows] == [
-        "baseline_labels100_seed0", "baseline_labels100_seed1", "gamma_labels100_seed3"]
+        "baseline_labels100_seed0", "baseline_labels100_seed1", "baseline_labels100_seed2",
+        "gamma_labels100_seed3"]
     # --report_only over every row, one of them with a seed still to train.
-    proc = run_cli([*common, "--rows=baseline_100:0-1,gamma_100:3+4", "--report_only"],
+    proc = run_cli([*common, "--rows=baseline_100:0-2,gamma_100:3+4", "--report_only"],
                    jax_cache, "experiments.paper_tables")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert trained_cells(proc.stderr) == []
-    assert "3/4 cells finished, 1 pending" in proc.stdout
+    assert "4/5 cells finished, 1 pending" in proc.stdout
     with open(os.path.join(table_dir, report.SUMMARY_MD)) as f:
         summary = f.read()
-    assert re.search(r"\| baseline_100 \| [\d.]+ ± [\d.]+ \| 2 \|", summary)
+    assert re.search(r"\| baseline_100 \| [\d.]+ ± [\d.]+ \| 3 \|", summary)
     assert re.search(r"\| gamma_100 \| [\d.]+ ± - \| 1 of 2 \|", summary)
     assert f"{FASHION_TEST_IMAGES:,} test images" in summary and "Rasmus" not in summary
 
@@ -718,7 +723,7 @@ def test_layer_sizes_keep_bottom_and_top_settings():
     assert models["full"].denoise_weights == (1000.0, 10.0, 0.1)
     assert models["gamma"].denoise_weights == (0.0, 0.0, 0.5)
     assert models["baseline"].denoise_weights == (0.0, 0.0, 0.0)
-    assert models["baseline"].noise_std == (0.5, 0.5, 0.5)
+    assert models["baseline"].noise_std == (0.3, 0.5, 0.5)
     deep = sweep.build_grid(["gamma"], [100], [0], layer_sizes=(784,) + (20,) * 8 + (10,))
     assert deep[0].config.model.denoise_weights == (0.0,) * 9 + (0.5,)
 
