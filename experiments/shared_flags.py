@@ -49,8 +49,9 @@ def define_model_flags(preset: bool = True) -> None:
     _define("string", "conv_layers", None, "Conv layer spec in the authors' syntax, e.g. "
             "convf:32:5:1:1-maxpool:2:2-...-fc:10 (sets the family to conv).", MODEL)
     _define("enum", "activation", None, list(config.ACTIVATIONS), "Hidden nonlinearity.", MODEL)
-    _define("list", "noise_std", None, "Encoder noise std: one value, or one per layer "
-            "(input first).", MODEL)
+    _define("list", "noise_std", None, "Encoder noise std: one value (every layer, the "
+            "input included), or one per layer (input first). The paper's presets: 0.3 on "
+            "the input, the row's noise above.", MODEL)
     _define("list", "denoise_weights", None, "Denoising cost weights lambda_0..lambda_L "
             "(input first); all 0 = supervised baseline.", MODEL)
     _define("enum", "combinator", None, list(combinators.NAMES), "Decoder combinator g.", MODEL)
