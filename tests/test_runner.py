@@ -500,13 +500,15 @@ def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(mnist, tmp_
             os.kill(os.getpid(), signal.SIGINT)
 
     work = str(tmp_path / "stopped")
+    # What was installed before (Python's handler, or SIG_IGN in a shell's background job).
+    handler_before = signal.getsignal(signal.SIGINT)
     with pytest.raises(train.Interrupted) as stopped:
         train.train_and_evaluate(cfg, work, dataset=mnist, progress=signal_twice)
     assert stopped.value.immediate and stopped.value.exit_code == 130
     assert str(stopped.value) == ("stopped at once by a second signal; the last checkpoint "
                                   "is kept; the same command resumes")
     assert checkpoint_steps(work) == [80, 100, 120]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
     resumed = train.train_and_evaluate(cfg, work, dataset=mnist)
     assert resumed.results["final_test_error"] == whole.results["final_test_error"]
     for a, b in zip(jax_leaves(resumed.state.params), jax_leaves(whole.state.params)):
