@@ -331,8 +331,9 @@ def _check_conv_input(base: config.TrainConfig, model: dict[str, Any], shape: tu
 def _resized(base: config.TrainConfig, field: str, value: Any, model: dict[str, Any]
              ) -> dict[str, Any]:
     """Changes for a new layer structure: per-layer settings of the preset no longer fit, so
-    noise keeps the preset's input value and its first layer's value for every layer above,
-    and the denoising weights must be given anew."""
+    noise keeps the preset's values layer by layer (config.fit_layers: the input's, the
+    hidden layers' repeated as needed, the top's), and the denoising weights must be given
+    anew."""
     changes: dict[str, Any] = {field: value}
     if field == "conv_layers":
         changes["family"] = "conv"
@@ -341,8 +342,7 @@ def _resized(base: config.TrainConfig, field: str, value: Any, model: dict[str, 
     probe = config.ModelConfig(**{**changes, "noise_std": 0.0, "denoise_weights": 0.0,
                                   "input_shape": base.model.input_shape})
     if "noise_std" not in model:
-        input_noise, layer_noise = base.model.noise_std[0], base.model.noise_std[1]
-        changes["noise_std"] = (input_noise,) + (layer_noise,) * probe.num_layers
+        changes["noise_std"] = config.fit_layers(base.model.noise_std, probe.num_layers + 1)
     if "denoise_weights" not in model and probe.num_layers != base.model.num_layers:
         raise config.ConfigError(
             f"--{field} gives {probe.num_layers + 1} layers (input included); give "

@@ -103,6 +103,14 @@ def _as_float_tuple(value: float | Sequence[float], length: int, name: str) -> t
     return values
 
 
+def fit_layers(values: Sequence[float], n: int) -> tuple[float, ...]:
+    """Per-layer values for a network of n layers: the bottom n-1 values and the top one
+    (the last hidden value repeats if the new network is deeper)."""
+    bottom = list(values[:-1])[: n - 1]
+    bottom += [bottom[-1] if bottom else values[-1]] * (n - 1 - len(bottom))
+    return (*bottom, values[-1])
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """A ladder network: its family (ladder_jax.models), layers, costs and noise.

@@ -224,6 +224,16 @@ def test_unknown_preset_lists_the_names():
         assert name in message
 
 
+@pytest.mark.parametrize("n, expected", [
+    (7, (0.3, 0.5, 0.4, 0.4, 0.4, 0.4, 0.0)),  # same depth: unchanged
+    (4, (0.3, 0.5, 0.4, 0.0)),  # shallower: the bottom values and the top one
+    (9, (0.3, 0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.0)),  # deeper: the last hidden repeats
+    (1, (0.0,)),  # only the top is left
+])
+def test_fit_layers_keeps_the_bottom_and_top_values(n, expected):
+    assert config.fit_layers((0.3, 0.5, 0.4, 0.4, 0.4, 0.4, 0.0), n) == expected
+
+
 # ------------------------------------------------------------------------------ round trip
 
 

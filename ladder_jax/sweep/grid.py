@@ -51,14 +51,6 @@ def preset_for(family: str, num_labels: int | str) -> str:
     return next(name for name in config_lib.PRESETS if name.rsplit("_", 1)[0] == family)
 
 
-def _fit_layers(values: Sequence[float], n: int) -> tuple[float, ...]:
-    """Per-layer values for a network of n layers: the bottom n-1 values and the top one
-    (the last hidden value repeats if the new network is deeper)."""
-    bottom = list(values[:-1])[: n - 1]
-    bottom += [bottom[-1] if bottom else values[-1]] * (n - 1 - len(bottom))
-    return (*bottom, values[-1])
-
-
 @dataclasses.dataclass(frozen=True)
 class Cell:
     """One run of the sweep: a preset family, a label count and a seed, and its full config."""
@@ -124,8 +116,8 @@ def build_grid(presets: Sequence[str], num_labels: Sequence[int | str], seeds: S
                 sizes = tuple(int(s) for s in layer_sizes)
                 changes = {
                     "layer_sizes": sizes,
-                    "denoise_weights": _fit_layers(base.model.denoise_weights, len(sizes)),
-                    "noise_std": _fit_layers(base.model.noise_std, len(sizes)),
+                    "denoise_weights": config_lib.fit_layers(base.model.denoise_weights, len(sizes)),
+                    "noise_std": config_lib.fit_layers(base.model.noise_std, len(sizes)),
                 }
             changes.update(model_changes or {})
             rows = {**train_changes, "num_labels": n, **manifests.changes(family, n)}
